@@ -1,0 +1,101 @@
+"""Datasets and the LightningDataModule for classification."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+
+from pixtell.data.folders import Sample
+from pixtell.data.images import DEFAULT_MAX_PIXELS, load_image
+
+
+class ImageListDataset(Dataset):
+    """(image, label) pairs from a list of samples; images go through ``load_image``."""
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        transform: Callable | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        s = self.samples[i]
+        img = load_image(s.path, max_pixels=self.max_pixels)
+        return (self.transform(img) if self.transform else img), s.label
+
+
+def default_workers() -> int:
+    """CPUs - 1, at most 4 (one core stays with the training loop)."""
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+def class_weights(samples: Sequence[Sample], num_classes: int) -> list[float]:
+    """Inverse-frequency weights ``N / (C * n_c)``, as scikit-learn's ``balanced``."""
+    counts = Counter(s.label for s in samples)
+    n = len(samples)
+    return [n / (num_classes * counts[c]) if counts[c] else 0.0 for c in range(num_classes)]
+
+
+class ClassifyDataModule(L.LightningDataModule):
+    """Train / val / test loaders over an already-made split."""
+
+    def __init__(
+        self,
+        splits: dict[str, list[Sample]],
+        num_classes: int,
+        train_transform: Callable,
+        eval_transform: Callable,
+        *,
+        batch_size: int = 64,
+        num_workers: int | None = None,
+        balanced_sampler: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.splits, self.num_classes = splits, num_classes
+        self.train_tf, self.eval_tf = train_transform, eval_transform
+        self.batch_size = batch_size
+        self.num_workers = default_workers() if num_workers is None else num_workers
+        self.balanced_sampler, self.max_pixels, self.seed = balanced_sampler, max_pixels, seed
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        ds = ImageListDataset(
+            self.splits[split], self.train_tf if train else self.eval_tf, self.max_pixels
+        )
+        sampler = None
+        if train and self.balanced_sampler:
+            w = class_weights(self.splits[split], self.num_classes)
+            sample_w = torch.tensor([w[s.label] for s in self.splits[split]], dtype=torch.double)
+            gen = torch.Generator().manual_seed(self.seed)
+            sampler = WeightedRandomSampler(sample_w, len(sample_w), generator=gen)
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            drop_last=train and len(ds) > self.batch_size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)

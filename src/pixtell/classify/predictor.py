@@ -1,0 +1,163 @@
+"""A trained classifier loaded from a run, with test-time augmentation (TTA)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from pixtell.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+from pixtell.data.transforms import build_eval_transform, build_full_image_transform
+from pixtell.models import load_model
+
+TTA = Literal["none", "flip", "multiscale", "dense"]
+TTA_CHOICES = ("none", "flip", "multiscale", "dense")
+SCALES = (1.0, 1.15, 1.3)  # multiscale / dense: shorter side = img_size * scale
+
+
+@dataclass
+class Prediction:
+    """Top-k classes of one image, or the reason it could not be read."""
+
+    path: Path
+    topk: list[tuple[str, float]]
+    error: str | None = None
+
+    @property
+    def label(self) -> str | None:
+        return self.topk[0][0] if self.topk else None
+
+    @property
+    def probability(self) -> float:
+        return self.topk[0][1] if self.topk else 0.0
+
+
+class ViewTransform:
+    """PIL image → the list of views TTA averages over."""
+
+    def __init__(self, tta: str, img_size: int, mean: Sequence[float], std: Sequence[float]):
+        if tta not in TTA_CHOICES:
+            raise ValueError(f"unknown --tta {tta!r}: use one of {', '.join(TTA_CHOICES)}")
+        self.tta = tta
+        if tta == "multiscale":
+            self.tfs = [
+                build_eval_transform(img_size, mean=mean, std=std, resize_ratio=s) for s in SCALES
+            ]
+        elif tta == "dense":
+            # VGG's dense evaluation: the whole uncropped image at several scales; the
+            # fully-convolutional network (global pooling) averages the class-score map.
+            self.tfs = [
+                build_full_image_transform(round(img_size * s), mean=mean, std=std) for s in SCALES
+            ]
+        else:
+            self.tfs = [build_eval_transform(img_size, mean=mean, std=std)]
+        self.flip = tta in ("flip", "dense")
+
+    def __call__(self, img: Image.Image) -> list[torch.Tensor]:
+        views = [tf(img) for tf in self.tfs]
+        if self.flip:
+            views += [v2.functional.horizontal_flip(v) for v in views]
+        return views
+
+
+class _Files(Dataset):
+    def __init__(self, paths: Sequence[Path], tf: Callable, max_pixels: int) -> None:
+        self.paths, self.tf, self.max_pixels = list(paths), tf, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, list[torch.Tensor] | str]:
+        try:
+            return i, self.tf(load_image(self.paths[i], max_pixels=self.max_pixels))
+        except ImageLoadError as exc:
+            return i, exc.reason
+
+
+def _collate(batch: list) -> list:
+    return batch
+
+
+class Classifier:
+    """Model + metadata of a run; ``probs_for_paths`` is the one inference loop."""
+
+    def __init__(self, model: torch.nn.Module, meta: dict, device: str = "cpu") -> None:
+        self.model, self.meta = model.to(device).eval(), meta
+        self.device = device
+        self.classes: list[str] = meta["class_names"]
+
+    @classmethod
+    def from_run(cls, run: str | Path, device: str | None = None) -> Classifier:
+        model, meta = load_model(run)
+        if meta.get("task") != "classify":
+            raise ValueError(f"{run} holds a {meta.get('task')} model, not a classifier")
+        return cls(model, meta, device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    def view_transform(self, tta: str = "none") -> ViewTransform:
+        return ViewTransform(tta, self.meta["img_size"], self.meta["mean"], self.meta["std"])
+
+    @torch.inference_mode()
+    def probs_for_views(self, views: list[list[torch.Tensor]]) -> torch.Tensor:
+        """Softmax averaged over each image's views → (N, C)."""
+        shapes = {v.shape for vs in views for v in vs}
+        if len(shapes) == 1:  # one batched forward pass
+            flat = torch.stack([v for vs in views for v in vs]).to(self.device)
+            p = self.model(flat).softmax(-1).float().cpu()
+            return p.view(len(views), -1, p.shape[-1]).mean(1)
+        return torch.stack(
+            [
+                torch.cat(
+                    [self.model(v[None].to(self.device)).softmax(-1).float().cpu() for v in vs]
+                ).mean(0)
+                for vs in views
+            ]
+        )
+
+    def iter_probs(
+        self,
+        paths: Sequence[Path],
+        *,
+        tta: str = "none",
+        batch_size: int = 32,
+        num_workers: int = 0,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> Iterator[tuple[int, torch.Tensor | str]]:
+        """(index, probabilities) per image in order, or (index, reason) for unreadable ones."""
+        loader = DataLoader(
+            _Files(paths, self.view_transform(tta), max_pixels),
+            batch_size=1 if tta == "dense" else batch_size,
+            num_workers=num_workers,
+            collate_fn=_collate,
+        )
+        for batch in loader:
+            good = [(i, v) for i, v in batch if not isinstance(v, str)]
+            probs = self.probs_for_views([v for _, v in good]) if good else []
+            by_index = {i: p for (i, _), p in zip(good, probs, strict=True)}
+            for i, v in batch:
+                yield i, (v if isinstance(v, str) else by_index[i])
+
+    def predict(
+        self, paths: Sequence[str | Path], *, topk: int = 5, tta: str = "none", batch_size: int = 32
+    ) -> list[Prediction]:
+        """Top-k predictions for each path; unreadable files get ``error`` instead."""
+        paths = [Path(p) for p in paths]
+        k = min(topk, len(self.classes))
+        out: list[Prediction] = []
+        for i, p in self.iter_probs(paths, tta=tta, batch_size=batch_size):
+            if isinstance(p, str):
+                out.append(Prediction(paths[i], [], p))
+            else:
+                vals, idx = p.topk(k)
+                out.append(
+                    Prediction(
+                        paths[i],
+                        [(self.classes[j], float(v)) for v, j in zip(vals, idx, strict=True)],
+                    )
+                )
+        return out

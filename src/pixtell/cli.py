@@ -1,0 +1,336 @@
+"""The ``pixtell`` command: a thin typer skin over the Python API."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import sys
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+
+from pixtell.config import ClassifyTrainConfig, TrainerSettings
+
+app = typer.Typer(
+    help="pixtell: train, evaluate, explain and deploy small vision models on your own images.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+classify_app = typer.Typer(
+    help="Image classification: train, evaluate, predict, sort.", no_args_is_help=True
+)
+app.add_typer(classify_app, name="classify")
+console = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def _option_for(name: str, annotation: Any, description: str) -> tuple[Any, Any]:
+    """(type, typer.Option) for a config field; every default is None = 'not given'."""
+    flag = "--" + name.replace("_", "-")
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
+        annotation, origin = args[0], typing.get_origin(args[0])
+        args = list(typing.get_args(annotation))
+    if annotation is bool:
+        return bool | None, typer.Option(None, f"{flag}/--no-{flag[2:]}", help=description)
+    if origin is list:
+        # typer takes no list[Literal]: plain strings here, pydantic validates the choices
+        return list[str] | None, typer.Option(None, flag, help=description + " (repeatable)")
+    return annotation | None, typer.Option(None, flag, help=description)
+
+
+def _fields_own_first(model: type[BaseModel]) -> list[tuple[str, Any]]:
+    """The model's fields, those of the most derived class first (task before engine)."""
+    order: list[str] = []
+    for cls in model.__mro__:
+        order += [
+            n
+            for n in getattr(cls, "__annotations__", {})
+            if n in model.model_fields and n not in order
+        ]
+    return [(n, model.model_fields[n]) for n in order]
+
+
+def config_command(
+    parent: typer.Typer,
+    name: str,
+    model: type[BaseModel],
+    run: Callable[..., None],
+    *,
+    positional: tuple[str, ...] = (),
+    extra: list[inspect.Parameter] | None = None,
+    help: str = "",
+) -> None:
+    """Register a command whose options are generated from a pydantic settings model.
+
+    One source of truth for every flag (name, type, choices, help): the model's fields.
+    ``run(config_file=..., **given)`` receives only the flags the user actually gave.
+    """
+    panels = {n: "Training engine" for n in TrainerSettings.model_fields}
+    params, annotations = [], {}
+    for fname, field in _fields_own_first(model):
+        desc = field.description or ""
+        if field.default is not None and not field.is_required():
+            shown = field.default.value if hasattr(field.default, "value") else field.default
+            desc += f" (default: {shown})"
+        if fname in positional:
+            ann: Any = Path | None
+            default = typer.Argument(None, help=desc, show_default=False)
+        else:
+            ann, default = _option_for(fname, field.annotation, desc)
+            default.rich_help_panel = panels.get(fname, "Model and data")
+        params.append(
+            inspect.Parameter(
+                fname, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=ann
+            )
+        )
+        annotations[fname] = ann
+    params.append(
+        inspect.Parameter(
+            "config",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=Path | None,
+            default=typer.Option(None, "--config", help="YAML file of settings; flags win."),
+        )
+    )
+    annotations["config"] = Path | None
+    for p in extra or []:
+        params.append(p)
+        annotations[p.name] = p.annotation
+
+    def command(**kwargs: Any) -> None:
+        config_file = kwargs.pop("config")
+        with _friendly_errors():
+            run(config_file=config_file, **kwargs)
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = annotations
+    command.__doc__ = help
+    parent.command(name, help=help)(command)
+
+
+class _friendly_errors:
+    """Turn expected user errors into one red line and exit code 2 instead of a traceback."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: Any) -> bool:
+        from pixtell.data.images import ImageLoadError
+        from pixtell.models import WeightsUnavailableError
+
+        if exc_type is not None and issubclass(
+            exc_type, ValueError | FileNotFoundError | ImageLoadError | WeightsUnavailableError
+        ):
+            err.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(2)
+        return False
+
+
+# -- classify --------------------------------------------------------------------------------
+def _train(config_file: Path | None, resume: Path | None = None, **given: Any) -> None:
+    from pixtell import classify
+
+    given = {k: v for k, v in given.items() if v is not None}
+    if resume is None and "data" not in given and config_file is None:
+        raise ValueError("give the DATA folder (or --config FILE, or --resume RUN)")
+    classify.train(config_file=config_file, resume=resume, **given)
+
+
+config_command(
+    classify_app,
+    "train",
+    ClassifyTrainConfig,
+    _train,
+    positional=("data",),
+    extra=[
+        inspect.Parameter(
+            "resume",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=Path | None,
+            default=typer.Option(None, "--resume", help="Continue RUN from its last.ckpt."),
+        )
+    ],
+    help="Train a classifier on DATA/<class>/<image> (or DATA/train|val|test/<class>/...).",
+)
+
+TTA_HELP = (
+    "Test-time augmentation: none, flip, multiscale, or dense (VGG: whole image at "
+    "several scales, fully convolutional)."
+)
+TTAOpt = Annotated[
+    Literal["none", "flip", "multiscale", "dense"], typer.Option("--tta", help=TTA_HELP)
+]
+
+
+@classify_app.command("evaluate")
+def classify_evaluate(
+    run: Annotated[Path, typer.Argument(help="Run directory (or a file in it).")],
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Evaluate this DATA/<class>/ folder instead of the run's test split."),
+    ] = None,
+    tta: TTAOpt = "none",
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
+) -> None:
+    """Accuracy, top-5, precision/recall/F1, confusion matrix and report.html for a run."""
+    from pixtell import classify
+
+    with _friendly_errors():
+        res = classify.evaluate(run, data=data, tta=tta, batch_size=batch_size)
+    console.print(f"report: {res.report}")
+
+
+@classify_app.command("predict")
+def classify_predict(
+    run: Annotated[Path, typer.Argument(help="Run directory (or a file in it).")],
+    images: Annotated[list[Path], typer.Argument(help="Image files and/or folders.")],
+    topk: Annotated[int, typer.Option(help="Classes to show per image.")] = 5,
+    tta: TTAOpt = "none",
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Predict the class of images: a table, or JSON lines with --json."""
+    from pixtell import classify
+
+    with _friendly_errors():
+        preds = classify.predict(run, images, topk=topk, tta=tta)
+    if as_json:
+        for p in preds:
+            print(
+                json.dumps(
+                    {
+                        "path": str(p.path),
+                        "error": p.error,
+                        "topk": [{"class": c, "probability": round(v, 6)} for c, v in p.topk],
+                    }
+                )
+            )
+    else:
+        table = Table("image", "prediction", "probability", f"top-{topk}")
+        for p in preds:
+            if p.error:
+                table.add_row(str(p.path), "[red]unreadable[/]", "", p.error)
+            else:
+                table.add_row(
+                    str(p.path),
+                    p.label,
+                    f"{p.probability:.3f}",
+                    ", ".join(f"{c} {v:.2f}" for c, v in p.topk[1:]),
+                )
+        console.print(table)
+    if any(p.error for p in preds):
+        raise typer.Exit(1)
+
+
+@classify_app.command("sort")
+def classify_sort(
+    inbox: Annotated[Path | None, typer.Argument(help="Folder of images to sort.")] = None,
+    model: Annotated[Path | None, typer.Option(help="Run directory of a classifier.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Destination: OUT/<class>/.")] = None,
+    threshold: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=1.0, help="Below this top probability an image goes to --others."
+        ),
+    ] = 0.6,
+    others: Annotated[str, typer.Option(help="Folder for unsure images.")] = "others",
+    move: Annotated[
+        bool, typer.Option("--move/--copy", help="Move files (default: copy).")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option(help="Show what would happen; touch nothing.")] = False,
+    tta: TTAOpt = "none",
+    undo: Annotated[
+        Path | None,
+        typer.Option(help="Undo a sort: put every file of this sort-manifest.jsonl back."),
+    ] = None,
+) -> None:
+    """Sort INBOX into OUT/<class>/ by prediction; unsure images go to OUT/others/. Undoable."""
+    from pixtell import classify
+
+    with _friendly_errors():
+        if undo is not None:
+            res = classify.undo_sort(undo)
+            console.print(
+                f"restored {res.restored} moved files, removed {res.removed_copies} "
+                f"copies; {len(res.problems)} problems"
+            )
+            for path, reason in res.problems:
+                err.print(f"[yellow]problem[/] {path}: {reason}")
+            raise typer.Exit(1 if res.problems else 0)
+        if inbox is None or model is None or out is None:
+            raise ValueError("sorting needs INBOX, --model RUN and --out DIR (or --undo MANIFEST)")
+        res = classify.sort(
+            inbox,
+            model=model,
+            out=out,
+            threshold=threshold,
+            others=others,
+            move=move,
+            dry_run=dry_run,
+            tta=tta,
+        )
+    table = Table("folder", "images", title="would sort" if res.dry_run else "sorted")
+    for name, n in sorted(res.counts.items()):
+        table.add_row(name, str(n))
+    console.print(table)
+    for path, reason in res.skipped:
+        err.print(f"[yellow]skipped[/] {path}: {reason}")
+    if not res.dry_run:
+        console.print(
+            f"manifest: {res.manifest} (undo: pixtell classify sort --undo {res.manifest})"
+        )
+
+
+# -- shared commands -------------------------------------------------------------------------
+@app.command("models")
+def models_cmd(
+    task: Annotated[str | None, typer.Option(help="Only this task's models.")] = None,
+) -> None:
+    """List the registered models with parameter counts and input sizes."""
+    from pixtell.models import count_params, create, list_models
+
+    table = Table("task", "model", "params", "input", "pretrained", "description")
+    for spec in list_models(task):
+        n = count_params(create(spec.name, spec.task, num_classes=1000, pretrained=False))
+        table.add_row(
+            spec.task,
+            spec.name,
+            f"{n / 1e6:.2f}M",
+            f"{spec.input_size}",
+            "yes" if spec.has_pretrained else "no",
+            spec.description,
+        )
+    console.print(table)
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Annotated[Path, typer.Option(help="Where the data and runs go.")] = Path("demo-runs"),
+    n_per_class: Annotated[int, typer.Option(help="Generated images per class.")] = 200,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 12,
+    seed: Annotated[int, typer.Option(help="Seed for data and training.")] = 0,
+) -> None:
+    """Generate a shapes dataset (no download), train and evaluate a classifier on the CPU."""
+    from pixtell.demo import run_demo
+
+    with _friendly_errors():
+        report = run_demo(out, n_per_class=n_per_class, epochs=epochs, seed=seed)
+    console.print(f"[bold green]demo finished[/]: open {report}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="pixtell")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

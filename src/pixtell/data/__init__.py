@@ -1,0 +1,1 @@
+"""Shared data machinery: safe image loading, folder scans and splits, transforms, demo data."""

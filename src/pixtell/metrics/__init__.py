@@ -1,0 +1,1 @@
+"""Metrics as pure functions; each module names the reference tool it must equal."""

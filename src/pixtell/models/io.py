@@ -1,0 +1,51 @@
+"""Model files of a run: ``best.safetensors`` + ``model.json`` (never pickles)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pixtell.models.registry import create
+
+WEIGHTS_FILE = "best.safetensors"
+META_FILE = "model.json"
+
+
+def save_model(model: nn.Module, run_dir: Path, meta: dict[str, Any]) -> Path:
+    """Write the weights as safetensors and the metadata (arch, classes, input) as JSON."""
+    run_dir = Path(run_dir)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, run_dir / WEIGHTS_FILE)
+    (run_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return run_dir / WEIGHTS_FILE
+
+
+def find_model_dir(path: str | Path) -> Path:
+    """The run directory holding ``model.json``, from the directory or any file in it."""
+    path = Path(path)
+    run_dir = path if path.is_dir() else path.parent
+    if not (run_dir / META_FILE).is_file():
+        raise FileNotFoundError(
+            f"{path} is not a pixtell run: {run_dir / META_FILE} is missing; pass a run "
+            "directory such as runs/classify/<name> (train one with `pixtell classify train`)"
+        )
+    return run_dir
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model of a run (directory or file in it) in eval mode, with its metadata."""
+    run_dir = find_model_dir(path)
+    meta = json.loads((run_dir / META_FILE).read_text())
+    model = create(
+        meta["arch"],
+        meta["task"],
+        num_classes=meta["num_classes"],
+        pretrained=False,
+        **meta.get("arch_kwargs", {}),
+    )
+    model.load_state_dict(load_file(run_dir / WEIGHTS_FILE))
+    return model.eval(), meta

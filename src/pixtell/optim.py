@@ -1,0 +1,88 @@
+"""Optimizer and LR-schedule factories shared by the tasks (timm-style)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A two-stage schedule in optimizer steps: stage 1 at ``lr``, stage 2 at ``fine_tune_lr``."""
+
+    kind: str  # cosine | step | none (plateau is handled per epoch by ReduceLROnPlateau)
+    steps_per_epoch: int
+    epochs: int
+    fine_tune_epochs: int = 0
+    lr: float = 1e-3
+    fine_tune_lr: float | None = None
+    warmup_epochs: float = 0.0
+    step_size: int = 10
+    gamma: float = 0.1
+    min_ratio: float = 0.01
+
+    def factor(self, step: int) -> float:
+        """LR multiplier at optimizer step ``step`` (pure: the scheduler only stores ``step``)."""
+        stage1 = self.epochs * self.steps_per_epoch
+        if self.fine_tune_epochs and step >= stage1:
+            scale = (self.fine_tune_lr or self.lr / 10) / self.lr
+            return scale * self._stage(step - stage1, self.fine_tune_epochs)
+        return self._stage(step, self.epochs)
+
+    def _stage(self, step: int, epochs: int) -> float:
+        total = max(1, epochs * self.steps_per_epoch)
+        warmup = min(round(self.warmup_epochs * self.steps_per_epoch), total - 1)
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if self.kind == "cosine":
+            t = min(1.0, (step - warmup) / max(1, total - warmup))
+            return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+        if self.kind == "step":
+            return self.gamma ** ((step // self.steps_per_epoch) // self.step_size)
+        return 1.0
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: weights decay, norms and biases (1-d parameters) do not."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(
+    model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9
+) -> torch.optim.Optimizer:
+    """AdamW or SGD (Nesterov) over all parameters; frozen ones simply receive no gradient."""
+    groups = param_groups(model, weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
+    raise ValueError(f"unknown optimizer {name!r}: use adamw or sgd")
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    *,
+    monitor: str,
+    mode: str,
+    patience: int = 3,
+) -> dict:
+    """A Lightning ``lr_scheduler`` config: per-step LambdaLR, or per-epoch ReduceLROnPlateau."""
+    if schedule.kind == "plateau":
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode=mode, factor=schedule.gamma, patience=patience
+        )
+        return {"scheduler": sched, "interval": "epoch", "monitor": monitor}
+    # A closure (not a callable object) so the schedule is not frozen into the checkpoint:
+    # a resumed run with more --epochs follows the new schedule from the saved step.
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule.factor(step))
+    return {"scheduler": sched, "interval": "step"}
