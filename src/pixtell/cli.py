@@ -29,7 +29,7 @@ classify_app = typer.Typer(
 )
 app.add_typer(classify_app, name="classify")
 console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _option_for(name: str, annotation: Any, description: str) -> tuple[Any, Any]:

@@ -459,6 +459,6 @@ def _write_class_images(
         rng = np.random.default_rng([seed, c, i])
         scene = render_scene(rng, img_size=img_size, shape=SHAPES[c])
         rel = f"{SHAPES[c]}/{SHAPES[c]}_{i:04d}.png"
-        scene.image.save(root / rel, format="PNG")
+        scene.image.save(root / rel, format="PNG", compress_level=3)
         lines.append(json.dumps(scene.meta(rel), sort_keys=True))
     return lines

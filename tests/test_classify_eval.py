@@ -1,0 +1,155 @@
+"""Evaluation, prediction and sorting through a trained run; metrics equal scikit-learn."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    log_loss,
+    precision_recall_fscore_support,
+)
+
+from pixtell import classify
+from pixtell.data.folders import read_split
+from pixtell.data.images import file_sha256
+
+
+def _predictions(path: Path) -> tuple[list[str], list[str], np.ndarray, list[str]]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    classes = [k[2:] for k in rows[0] if k.startswith("p_")]
+    probs = np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows])
+    return [r["true"] for r in rows], [r["pred"] for r in rows], probs, classes
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained_run: classify.Run) -> classify.EvalResult:
+    return classify.evaluate(trained_run)
+
+
+def test_evaluate_writes_report_and_plots(evaluated: classify.EvalResult,
+                                          trained_run: classify.Run) -> None:
+    for name in ("metrics.json", "predictions.csv", "confusion_matrix.png", "report.html"):
+        assert (evaluated.dir / name).is_file(), name
+    html = evaluated.report.read_text()
+    assert "confusion_matrix.png" in html and "Per class" in html
+    assert (trained_run.dir / "report.html").is_file()
+
+
+def test_evaluate_uses_exactly_the_held_out_split(evaluated: classify.EvalResult,
+                                                  trained_run: classify.Run) -> None:
+    split = read_split(trained_run.dir / "split.json")
+    with open(evaluated.dir / "predictions.csv", newline="") as f:
+        evaluated_paths = {Path(r["path"]) for r in csv.DictReader(f)}
+    assert evaluated_paths == {s.path for s in split.splits["test"]}
+    assert not evaluated_paths & {s.path for s in split.splits["train"]}
+
+
+def test_metrics_equal_scikit_learn(evaluated: classify.EvalResult) -> None:
+    m = json.loads((evaluated.dir / "metrics.json").read_text())
+    y_true, y_pred, probs, classes = _predictions(evaluated.dir / "predictions.csv")
+    assert m["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
+    for avg in ("macro", "weighted"):
+        p, r, f1, _ = precision_recall_fscore_support(y_true, y_pred, average=avg,
+                                                      zero_division=0)
+        assert (m[f"{avg}_precision"], m[f"{avg}_recall"], m[f"{avg}_f1"]) == pytest.approx(
+            (p, r, f1), abs=1e-6)
+    p, r, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=classes,
+                                                        zero_division=0)
+    for i, c in enumerate(classes):
+        pc = m["per_class"][c]
+        assert (pc["precision"], pc["recall"], pc["f1"]) == pytest.approx((p[i], r[i], f1[i]),
+                                                                          abs=1e-6)
+        assert pc["support"] == support[i]
+    assert m["confusion_matrix"] == confusion_matrix(y_true, y_pred, labels=classes).tolist()
+    assert m["loss"] == pytest.approx(log_loss(y_true, probs, labels=classes), rel=1e-4)
+
+
+def test_metrics_function_matches_sklearn_on_edge_cases() -> None:
+    from sklearn.metrics import top_k_accuracy_score
+
+    from pixtell.metrics.classification import classification_metrics
+
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        c = int(rng.integers(2, 9))
+        y = rng.integers(0, c, int(rng.integers(1, 40)))
+        if trial % 3 == 0:
+            y = y % max(1, c - 2)  # classes that never occur
+        probs = rng.dirichlet(np.ones(c), len(y))
+        m = classification_metrics(y, probs, [str(i) for i in range(c)])
+        pred = probs.argmax(1)
+        for avg in ("macro", "weighted"):
+            ref = precision_recall_fscore_support(y, pred, average=avg, zero_division=0)[:3]
+            assert (m[f"{avg}_precision"], m[f"{avg}_recall"], m[f"{avg}_f1"]) == pytest.approx(
+                ref)
+        k = min(5, c)
+        if c > 2:
+            assert m[f"top{k}_accuracy"] == pytest.approx(
+                top_k_accuracy_score(y, probs, k=k, labels=range(c)))
+
+
+@pytest.mark.parametrize("tta", ["flip", "multiscale", "dense"])
+def test_tta_modes_run_and_differ_from_plain(trained_run: classify.Run,
+                                             evaluated: classify.EvalResult, tmp_path: Path,
+                                             tta: str) -> None:
+    res = classify.evaluate(trained_run, tta=tta, out=tmp_path / tta)
+    _, _, probs, _ = _predictions(res.dir / "predictions.csv")
+    _, _, plain, _ = _predictions(evaluated.dir / "predictions.csv")
+    assert res.metrics["tta"] == tta and probs.shape == plain.shape
+    assert np.allclose(probs.sum(1), 1, atol=1e-4)
+    assert not np.allclose(probs, plain)
+
+
+def test_evaluate_on_a_separate_folder(trained_run: classify.Run, shapes_dir: Path,
+                                       tmp_path: Path) -> None:
+    data = tmp_path / "holdout"
+    for cls in ("circle", "star"):
+        (data / cls).mkdir(parents=True)
+        for p in sorted((shapes_dir / cls).iterdir())[:3]:
+            shutil.copy(p, data / cls / p.name)
+    res = classify.evaluate(trained_run, data=data)
+    assert res.metrics["n"] == 6 and res.dir.name == "eval-holdout"
+    (data / "dragon").mkdir()
+    shutil.copy(p, data / "dragon" / "x.png")
+    with pytest.raises(ValueError, match="dragon"):
+        classify.evaluate(trained_run, data=data)
+
+
+def test_predict_topk_and_unreadable_files(trained_run: classify.Run, shapes_dir: Path,
+                                           tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    good = sorted((shapes_dir / "star").iterdir())[:2]
+    preds = classify.predict(trained_run, [*good, bad], topk=3)
+    assert [p.path for p in preds] == [*good, bad]
+    for p in preds[:2]:
+        assert len(p.topk) == 3 and p.error is None
+        probs = [v for _, v in p.topk]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+    assert preds[2].error and preds[2].topk == []
+
+
+def test_sort_then_undo_through_a_model(trained_run: classify.Run, shapes_dir: Path,
+                                        tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for p in sorted((shapes_dir / "circle").iterdir())[:4]:
+        shutil.copy(p, inbox / p.name)
+    (inbox / "broken.png").write_bytes(b"\x89PNG broken")
+    before = {p.name: file_sha256(p) for p in inbox.iterdir()}
+    res = classify.sort(inbox, model=trained_run, out=tmp_path / "sorted", threshold=0.99,
+                        move=True, progress=False)
+    assert res.counts.get("others", 0) >= 1  # an undertrained model is rarely 99% sure
+    assert sum(res.counts.values()) == 4
+    assert [p.name for p in inbox.iterdir()] == ["broken.png"]  # unreadable stays put
+    assert len(res.skipped) == 1
+    classify.undo_sort(res.manifest)
+    assert {p.name: file_sha256(p) for p in inbox.iterdir()} == before
