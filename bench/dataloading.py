@@ -15,7 +15,6 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,24 +23,10 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
 
-from pixtell.data.demo import SHAPES, make_classification_folder
-from pixtell.data.images import load_image
+from pixtell.classify.data import ImageListDataset
+from pixtell.data.demo import make_classification_folder
+from pixtell.data.folders import scan_image_folder
 from pixtell.data.transforms import build_train_transform
-
-
-class FolderDataset(Dataset):
-    """(transformed image, label) for a list of (path, label); decodes with ``load_image``."""
-
-    def __init__(self, items: list[tuple[Path, int]], transform: Callable) -> None:
-        self.items = items
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        path, label = self.items[i]
-        return self.transform(load_image(path)), label
 
 
 @dataclass
@@ -54,11 +39,6 @@ class Result:
     images_per_s: float
     ratio: float = 1.0
     all_images_per_s: list[float] = field(default_factory=list)  # every repeat
-
-
-def list_items(root: Path) -> list[tuple[Path, int]]:
-    """(path, class index) for every PNG under ``root/<shape>/``."""
-    return [(p, c) for c, s in enumerate(SHAPES) for p in sorted((root / s).glob("*.png"))]
 
 
 def measure(ds: Dataset, workers: int, batch_size: int, epochs: int, seed: int) -> Result:
@@ -93,7 +73,8 @@ def run(args: argparse.Namespace, console: Console) -> list[Result]:
             seed=args.seed,
             progress=console.is_terminal,
         )
-        ds = FolderDataset(list_items(root), build_train_transform(args.img_size))
+        scan = scan_image_folder(root, fractions=(1.0, 0.0, 0.0), progress=False)
+        ds = ImageListDataset(scan.splits["train"], build_train_transform(args.img_size))
         console.print(
             f"{len(ds)} images of {args.data_size}px -> {args.img_size}px, "
             f"batch {args.batch_size}, {args.epochs} epochs per setting"

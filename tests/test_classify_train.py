@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -139,3 +140,29 @@ def test_balanced_sampler_and_class_weights_train(shapes_dir: Path, tmp_path: Pa
         for s in split.splits["train"] + split.splits["val"] + split.splits["test"]:
             counts[s.label] += 1
         assert max(counts.values()) <= 6
+
+
+def test_bad_files_are_reported_and_skipped(shapes_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(shapes_dir, data)
+    (data / "star" / "empty.png").write_bytes(b"")
+    (data / "star" / "notes.txt").write_text("hello")
+    good = next((data / "circle").iterdir()).read_bytes()
+    (data / "circle" / "cut.png").write_bytes(good[: len(good) // 2])
+    run = classify.train(data, epochs=1, out=tmp_path / "runs", **FAST)
+    split = read_split(run.dir / "split.json")
+    skipped = {p.name for p, _ in split.skipped}
+    assert {"empty.png", "notes.txt", "cut.png"} <= skipped
+    used = {s.path.name for part in split.splits.values() for s in part}
+    assert not used & {"empty.png", "notes.txt", "cut.png"}
+
+
+def test_step_checkpoints_tensorboard_and_mixed_precision(shapes_dir: Path,
+                                                          tmp_path: Path) -> None:
+    kw = {**FAST, "logger": ["tensorboard"]}
+    run = classify.train(shapes_dir, epochs=1, save_every_n_steps=1, mixed_precision=True,
+                         out=tmp_path, **kw)
+    steps = sorted(p.name for p in (run.dir / "checkpoints").glob("step-*.ckpt"))
+    assert len(steps) >= 2
+    assert list((run.dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert run.config["mixed_precision"] is True

@@ -315,8 +315,8 @@ def models_cmd(
 @app.command("demo")
 def demo_cmd(
     out: Annotated[Path, typer.Option(help="Where the data and runs go.")] = Path("demo-runs"),
-    n_per_class: Annotated[int, typer.Option(help="Generated images per class.")] = 200,
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 12,
+    n_per_class: Annotated[int, typer.Option(help="Generated images per class.")] = 500,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 15,
     seed: Annotated[int, typer.Option(help="Seed for data and training.")] = 0,
 ) -> None:
     """Generate a shapes dataset (no download), train and evaluate a classifier on the CPU."""

@@ -23,7 +23,7 @@ class TrainerSettings(Settings):
     """Engineering settings shared by every task's training (the Lightning Trainer)."""
 
     epochs: int = Field(15, ge=1, description="Training epochs (stage 1).")
-    batch_size: int = Field(64, ge=1, description="Images per batch (per device).")
+    batch_size: int = Field(32, ge=1, description="Images per batch (per device).")
     seed: int = Field(0, description="Seed for the split, initialisation and augmentation.")
     patience: int = Field(
         0, ge=0, description="Stop after this many epochs without improving --monitor (0: off)."
@@ -91,8 +91,8 @@ class ClassifyTrainConfig(TrainerSettings):
         description="multiscale (VGG scale jitter + crop), rrc (random-resized crop) or none; "
         "auto: multiscale below 96 px, rrc above.",
     )
-    scale_min: float = Field(1.125, ge=1, description="Multi-scale: smallest S / img_size.")
-    scale_max: float = Field(1.375, ge=1, description="Multi-scale: largest S / img_size.")
+    scale_min: float = Field(1.0, ge=1, description="Multi-scale: smallest S / img_size.")
+    scale_max: float = Field(1.25, ge=1, description="Multi-scale: largest S / img_size.")
     hflip: bool = Field(True, description="Random horizontal flips.")
     color_jitter: float = Field(0.1, ge=0, description="Colour-jitter strength (0: off).")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of images for validation.")

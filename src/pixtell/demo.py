@@ -22,7 +22,7 @@ def run_demo(
 ) -> Path:
     """Run the demo into ``out``; returns the path of the classification report."""
     out = Path(out)
-    data = out / "data" / f"shapes-{seed}"
+    data = out / "data" / f"shapes-{seed}-{n_per_class}"
     if not data.is_dir():
         console.print(f"generating {n_per_class} images per class into {data}")
         make_classification_folder(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import random
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,15 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from rich.console import Console
 
 from pixtell.config import TrainerSettings
+
+# Our run directory always holds config.yaml and split.json before training starts, and
+# Lightning's own deprecation chatter is not the user's business.
+warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
+warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
+warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+    lambda record: "litlogger" not in record.getMessage()
+)
 
 LAST_CKPT = "last.ckpt"
 BEST_CKPT = "best.ckpt"

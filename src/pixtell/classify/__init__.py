@@ -299,12 +299,12 @@ def evaluate(
         samples = read_split(run.dir / SPLIT_FILE).splits["test"]
         if not samples:
             raise ValueError(f"{run.dir} has an empty test split; pass --data DIR to evaluate")
-        tag = "test"
+        name = "eval"
     else:
         samples = _samples_from_folder(Path(data), clf.classes)
-        tag = Path(data).name
+        name = f"eval-{Path(data).resolve().name}"
     suffix = "" if tta == "none" else f"-{tta}"
-    out_dir = Path(out) if out else run.dir / f"eval-{tag}{suffix}"
+    out_dir = Path(out) if out else run.dir / f"{name}{suffix}"
     out_dir.mkdir(parents=True, exist_ok=True)
 
     probs = np.zeros((len(samples), len(clf.classes)))
