@@ -166,3 +166,19 @@ def test_step_checkpoints_tensorboard_and_mixed_precision(shapes_dir: Path,
     assert len(steps) >= 2
     assert list((run.dir / "tensorboard").glob("events.out.tfevents.*"))
     assert run.config["mixed_precision"] is True
+
+
+def test_offline_pretrained_fails_before_making_a_run(shapes_dir: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib.error
+
+    from pixtell.models import WeightsUnavailableError
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    kw = {**FAST, "model": "mobilenet_v3_small"}
+    with pytest.raises(WeightsUnavailableError, match="--no-pretrained"):
+        classify.train(shapes_dir, epochs=1, pretrained=True, out=tmp_path, **kw)
+    assert not (tmp_path / "classify").exists() or not any((tmp_path / "classify").iterdir())

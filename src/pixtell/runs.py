@@ -27,20 +27,23 @@ class Run:
         """A run from its directory or any file inside it."""
         if isinstance(path, Run):
             return path
-        path = Path(path)
-        run_dir = path if path.is_dir() else path.parent
-        if not (run_dir / CONFIG_FILE).is_file():
-            raise FileNotFoundError(
-                f"{path} is not a pixtell run directory ({CONFIG_FILE} missing); pass a "
-                "directory such as runs/classify/<name>"
-            )
+        run_dir = run_dir_holding(path, CONFIG_FILE)
         config = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}
         results = run_dir / RESULTS_FILE
         best = json.loads(results.read_text()) if results.is_file() else {}
         return cls(run_dir, config, best)
 
-    def path(self, name: str) -> Path:
-        return self.dir / name
+
+def run_dir_holding(path: str | Path, name: str) -> Path:
+    """The run directory (``path`` itself or the folder of a file in it) that holds ``name``."""
+    path = Path(path)
+    run_dir = path if path.is_dir() else path.parent
+    if not (run_dir / name).is_file():
+        raise FileNotFoundError(
+            f"{path} is not a pixtell run ({name} missing); pass a run directory such as "
+            "runs/classify/<name> (train one with `pixtell classify train`)"
+        )
+    return run_dir
 
 
 def new_run_dir(out: Path, task: str, name: str) -> Path:

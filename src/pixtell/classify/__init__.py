@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import inspect
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -81,15 +82,16 @@ def train(
     else:
         cfg = load_config(ClassifyTrainConfig, config_file, data=data, **overrides)
         scan = _scan(cfg)
+        run_dir = ckpt = None
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = _build_module(cfg, scan)  # before the run directory: offline weights fail first
+    if run_dir is None:
         run_dir = new_run_dir(cfg.out, "classify", cfg.name or cfg.model)
         write_split(run_dir / SPLIT_FILE, scan)
-        ckpt = None
     save_config(cfg, run_dir / CONFIG_FILE)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     spec = get_spec(cfg.model, "classify")
     img_size = cfg.img_size or spec.input_size
-    module = _build_module(cfg, scan)
     dm = _build_datamodule(cfg, scan, img_size, spec.mean, spec.std)
     trainer = build_trainer(
         cfg,
@@ -153,27 +155,16 @@ def _build_module(cfg: ClassifyTrainConfig, scan: ImageFolderScan) -> Classifier
     weights = (
         class_weights(scan.splits["train"], len(scan.classes)) if cfg.balance == "weights" else None
     )
+    # every module hyper-parameter that is also a setting comes straight from the config
+    names = inspect.signature(ClassifierModule.__init__).parameters.keys() & cfg.model_fields.keys()
+    hparams = {k: getattr(cfg, k) for k in names - {"pretrained", "weights"}}
     return ClassifierModule(
         cfg.model,
         len(scan.classes),
         pretrained=pretrained,
         weights=str(cfg.weights) if cfg.weights else None,
-        optimizer=cfg.optimizer,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        momentum=cfg.momentum,
-        scheduler=cfg.scheduler,
-        warmup_epochs=cfg.warmup_epochs,
-        step_size=cfg.step_size,
-        gamma=cfg.gamma,
-        epochs=cfg.epochs,
-        fine_tune_epochs=cfg.fine_tune_epochs,
-        fine_tune_lr=cfg.fine_tune_lr,
-        freeze_backbone=cfg.freeze_backbone,
-        label_smoothing=cfg.label_smoothing,
         class_weights=weights,
-        monitor=cfg.monitor,
-        patience=cfg.patience,
+        **hparams,
     )
 
 

@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pixtell.models.registry import create
+from pixtell.runs import run_dir_holding
 
 WEIGHTS_FILE = "best.safetensors"
 META_FILE = "model.json"
@@ -24,21 +25,9 @@ def save_model(model: nn.Module, run_dir: Path, meta: dict[str, Any]) -> Path:
     return run_dir / WEIGHTS_FILE
 
 
-def find_model_dir(path: str | Path) -> Path:
-    """The run directory holding ``model.json``, from the directory or any file in it."""
-    path = Path(path)
-    run_dir = path if path.is_dir() else path.parent
-    if not (run_dir / META_FILE).is_file():
-        raise FileNotFoundError(
-            f"{path} is not a pixtell run: {run_dir / META_FILE} is missing; pass a run "
-            "directory such as runs/classify/<name> (train one with `pixtell classify train`)"
-        )
-    return run_dir
-
-
 def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model of a run (directory or file in it) in eval mode, with its metadata."""
-    run_dir = find_model_dir(path)
+    run_dir = run_dir_holding(path, META_FILE)
     meta = json.loads((run_dir / META_FILE).read_text())
     model = create(
         meta["arch"],
