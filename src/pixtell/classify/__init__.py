@@ -83,6 +83,9 @@ def train(
         cfg = load_config(ClassifyTrainConfig, config_file, data=data, **overrides)
         scan = _scan(cfg)
         run_dir = ckpt = None
+    if cfg.freeze_backbone and cfg.strategy == "ddp":
+        # frozen layers get no gradient in stage 1, which plain DDP treats as an error
+        cfg = cfg.model_copy(update={"strategy": "ddp_find_unused_parameters_true"})
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = _build_module(cfg, scan)  # before the run directory: offline weights fail first
     if run_dir is None:

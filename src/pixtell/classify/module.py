@@ -92,7 +92,7 @@ class ClassifierModule(L.LightningModule):
             logits, y, weight=self.class_weight, label_smoothing=self.hparams.label_smoothing
         )
         self.train_acc(logits, y)
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
 
