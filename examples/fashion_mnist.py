@@ -20,8 +20,18 @@ import numpy as np
 from PIL import Image
 
 SOURCE = Path("/usr/share/datasets/fashion-mnist")
-CLASSES = ("t-shirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
-           "sneaker", "bag", "ankle_boot")
+CLASSES = (
+    "t-shirt_top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle_boot",
+)
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -29,7 +39,7 @@ def read_idx(path: Path) -> np.ndarray:
     with gzip.open(path, "rb") as f:
         data = f.read()
     ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -56,12 +66,16 @@ def main() -> None:
     ap.add_argument("--source", type=Path, default=SOURCE)
     args = ap.parse_args()
     if not (args.source / "train-images-idx3-ubyte.gz").is_file():
-        raise SystemExit(f"{args.source} has no Fashion-MNIST files; "
-                         "run `apt-get install dataset-fashion-mnist` first")
+        raise SystemExit(
+            f"{args.source} has no Fashion-MNIST files; "
+            "run `apt-get install dataset-fashion-mnist` first"
+        )
     if args.out.exists() and any(args.out.iterdir()):
         raise SystemExit(f"{args.out} is not empty; choose another --out")
-    for split, prefix, per_class in (("train", "train", args.per_class),
-                                     ("test", "t10k", args.test_per_class)):
+    for split, prefix, per_class in (
+        ("train", "train", args.per_class),
+        ("test", "t10k", args.test_per_class),
+    ):
         images = read_idx(args.source / f"{prefix}-images-idx3-ubyte.gz")
         labels = read_idx(args.source / f"{prefix}-labels-idx1-ubyte.gz")
         n = export(images, labels, args.out / split, per_class, args.seed)

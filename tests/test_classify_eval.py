@@ -34,8 +34,9 @@ def evaluated(trained_run: classify.Run) -> classify.EvalResult:
     return classify.evaluate(trained_run)
 
 
-def test_evaluate_writes_report_and_plots(evaluated: classify.EvalResult,
-                                          trained_run: classify.Run) -> None:
+def test_evaluate_writes_report_and_plots(
+    evaluated: classify.EvalResult, trained_run: classify.Run
+) -> None:
     for name in ("metrics.json", "predictions.csv", "confusion_matrix.png", "report.html"):
         assert (evaluated.dir / name).is_file(), name
     html = evaluated.report.read_text()
@@ -43,8 +44,9 @@ def test_evaluate_writes_report_and_plots(evaluated: classify.EvalResult,
     assert (trained_run.dir / "report.html").is_file()
 
 
-def test_evaluate_uses_exactly_the_held_out_split(evaluated: classify.EvalResult,
-                                                  trained_run: classify.Run) -> None:
+def test_evaluate_uses_exactly_the_held_out_split(
+    evaluated: classify.EvalResult, trained_run: classify.Run
+) -> None:
     split = read_split(trained_run.dir / "split.json")
     with open(evaluated.dir / "predictions.csv", newline="") as f:
         evaluated_paths = {Path(r["path"]) for r in csv.DictReader(f)}
@@ -57,16 +59,18 @@ def test_metrics_equal_scikit_learn(evaluated: classify.EvalResult) -> None:
     y_true, y_pred, probs, classes = _predictions(evaluated.dir / "predictions.csv")
     assert m["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
     for avg in ("macro", "weighted"):
-        p, r, f1, _ = precision_recall_fscore_support(y_true, y_pred, average=avg,
-                                                      zero_division=0)
+        p, r, f1, _ = precision_recall_fscore_support(y_true, y_pred, average=avg, zero_division=0)
         assert (m[f"{avg}_precision"], m[f"{avg}_recall"], m[f"{avg}_f1"]) == pytest.approx(
-            (p, r, f1), abs=1e-6)
-    p, r, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=classes,
-                                                        zero_division=0)
+            (p, r, f1), abs=1e-6
+        )
+    p, r, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=classes, zero_division=0
+    )
     for i, c in enumerate(classes):
         pc = m["per_class"][c]
-        assert (pc["precision"], pc["recall"], pc["f1"]) == pytest.approx((p[i], r[i], f1[i]),
-                                                                          abs=1e-6)
+        assert (pc["precision"], pc["recall"], pc["f1"]) == pytest.approx(
+            (p[i], r[i], f1[i]), abs=1e-6
+        )
         assert pc["support"] == support[i]
     assert m["confusion_matrix"] == confusion_matrix(y_true, y_pred, labels=classes).tolist()
     assert m["loss"] == pytest.approx(log_loss(y_true, probs, labels=classes), rel=1e-4)
@@ -88,18 +92,18 @@ def test_metrics_function_matches_sklearn_on_edge_cases() -> None:
         pred = probs.argmax(1)
         for avg in ("macro", "weighted"):
             ref = precision_recall_fscore_support(y, pred, average=avg, zero_division=0)[:3]
-            assert (m[f"{avg}_precision"], m[f"{avg}_recall"], m[f"{avg}_f1"]) == pytest.approx(
-                ref)
+            assert (m[f"{avg}_precision"], m[f"{avg}_recall"], m[f"{avg}_f1"]) == pytest.approx(ref)
         k = min(5, c)
         if c > 2:
             assert m[f"top{k}_accuracy"] == pytest.approx(
-                top_k_accuracy_score(y, probs, k=k, labels=range(c)))
+                top_k_accuracy_score(y, probs, k=k, labels=range(c))
+            )
 
 
 @pytest.mark.parametrize("tta", ["flip", "multiscale", "dense"])
-def test_tta_modes_run_and_differ_from_plain(trained_run: classify.Run,
-                                             evaluated: classify.EvalResult, tmp_path: Path,
-                                             tta: str) -> None:
+def test_tta_modes_run_and_differ_from_plain(
+    trained_run: classify.Run, evaluated: classify.EvalResult, tmp_path: Path, tta: str
+) -> None:
     res = classify.evaluate(trained_run, tta=tta, out=tmp_path / tta)
     _, _, probs, _ = _predictions(res.dir / "predictions.csv")
     _, _, plain, _ = _predictions(evaluated.dir / "predictions.csv")
@@ -108,23 +112,27 @@ def test_tta_modes_run_and_differ_from_plain(trained_run: classify.Run,
     assert not np.allclose(probs, plain)
 
 
-def test_evaluate_on_a_separate_folder(trained_run: classify.Run, shapes_dir: Path,
-                                       tmp_path: Path) -> None:
+def test_evaluate_on_a_separate_folder(
+    trained_run: classify.Run, shapes_dir: Path, tmp_path: Path
+) -> None:
     data = tmp_path / "holdout"
     for cls in ("circle", "star"):
         (data / cls).mkdir(parents=True)
         for p in sorted((shapes_dir / cls).iterdir())[:3]:
             shutil.copy(p, data / cls / p.name)
+    (data / "star" / "broken.png").write_bytes(b"\x89PNG\r\n")
     res = classify.evaluate(trained_run, data=data)
     assert res.metrics["n"] == 6 and res.dir.name == "eval-holdout"
+    assert [Path(p).name for p, _ in res.metrics["skipped"]] == ["broken.png"]
     (data / "dragon").mkdir()
     shutil.copy(p, data / "dragon" / "x.png")
     with pytest.raises(ValueError, match="dragon"):
         classify.evaluate(trained_run, data=data)
 
 
-def test_predict_topk_and_unreadable_files(trained_run: classify.Run, shapes_dir: Path,
-                                           tmp_path: Path) -> None:
+def test_predict_topk_and_unreadable_files(
+    trained_run: classify.Run, shapes_dir: Path, tmp_path: Path
+) -> None:
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
     good = sorted((shapes_dir / "star").iterdir())[:2]
@@ -137,16 +145,18 @@ def test_predict_topk_and_unreadable_files(trained_run: classify.Run, shapes_dir
     assert preds[2].error and preds[2].topk == []
 
 
-def test_sort_then_undo_through_a_model(trained_run: classify.Run, shapes_dir: Path,
-                                        tmp_path: Path) -> None:
+def test_sort_then_undo_through_a_model(
+    trained_run: classify.Run, shapes_dir: Path, tmp_path: Path
+) -> None:
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     for p in sorted((shapes_dir / "circle").iterdir())[:4]:
         shutil.copy(p, inbox / p.name)
     (inbox / "broken.png").write_bytes(b"\x89PNG broken")
     before = {p.name: file_sha256(p) for p in inbox.iterdir()}
-    res = classify.sort(inbox, model=trained_run, out=tmp_path / "sorted", threshold=0.99,
-                        move=True, progress=False)
+    res = classify.sort(
+        inbox, model=trained_run, out=tmp_path / "sorted", threshold=0.99, move=True, progress=False
+    )
     assert res.counts.get("others", 0) >= 1  # an undertrained model is rarely 99% sure
     assert sum(res.counts.values()) == 4
     assert [p.name for p in inbox.iterdir()] == ["broken.png"]  # unreadable stays put

@@ -157,19 +157,20 @@ def test_bad_files_are_reported_and_skipped(shapes_dir: Path, tmp_path: Path) ->
     assert not used & {"empty.png", "notes.txt", "cut.png"}
 
 
-def test_step_checkpoints_tensorboard_and_mixed_precision(shapes_dir: Path,
-                                                          tmp_path: Path) -> None:
+def test_step_checkpoints_tensorboard_and_mixed_precision(shapes_dir: Path, tmp_path: Path) -> None:
     kw = {**FAST, "logger": ["tensorboard"]}
-    run = classify.train(shapes_dir, epochs=1, save_every_n_steps=1, mixed_precision=True,
-                         out=tmp_path, **kw)
+    run = classify.train(
+        shapes_dir, epochs=1, save_every_n_steps=1, mixed_precision=True, out=tmp_path, **kw
+    )
     steps = sorted(p.name for p in (run.dir / "checkpoints").glob("step-*.ckpt"))
     assert len(steps) >= 2
     assert list((run.dir / "tensorboard").glob("events.out.tfevents.*"))
     assert run.config["mixed_precision"] is True
 
 
-def test_offline_pretrained_fails_before_making_a_run(shapes_dir: Path, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_offline_pretrained_fails_before_making_a_run(
+    shapes_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import urllib.error
 
     from pixtell.models import WeightsUnavailableError

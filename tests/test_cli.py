@@ -16,16 +16,36 @@ from pixtell import classify
 from pixtell.cli import app
 
 runner = CliRunner()
-FLAGS = ["--model", "tinyvgg_a", "--img-size", "32", "--batch-size", "32", "--num-workers", "0",
-         "--logger", "none", "--no-progress"]
+FLAGS = [
+    "--model",
+    "tinyvgg_a",
+    "--img-size",
+    "32",
+    "--batch-size",
+    "32",
+    "--num-workers",
+    "0",
+    "--logger",
+    "none",
+    "--no-progress",
+]
 
 
 def test_help_lists_commands_and_flags() -> None:
     out = runner.invoke(app, ["--help"]).output
     assert "classify" in out and "demo" in out and "models" in out
     out = runner.invoke(app, ["classify", "train", "--help"], env={"COLUMNS": "200"}).output
-    for flag in ("--scheduler", "--freeze-backbone", "--fine-tune-lr", "--resume", "--config",
-                 "--strategy", "--no-pretrained", "--weights", "--save-every-n-steps"):
+    for flag in (
+        "--scheduler",
+        "--freeze-backbone",
+        "--fine-tune-lr",
+        "--resume",
+        "--config",
+        "--strategy",
+        "--no-pretrained",
+        "--weights",
+        "--save-every-n-steps",
+    ):
         assert flag in out
 
 
@@ -36,10 +56,25 @@ def test_models_table() -> None:
 
 def test_train_with_yaml_and_flags(shapes_dir: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "run.yaml"
-    cfg.write_text(yaml.safe_dump({"data": str(shapes_dir), "epochs": 5, "seed": 3,
-                                   "label_smoothing": 0.0}))
-    res = runner.invoke(app, ["classify", "train", "--config", str(cfg), "--epochs", "1",
-                              "--out", str(tmp_path), "--name", "cli", *FLAGS])
+    cfg.write_text(
+        yaml.safe_dump({"data": str(shapes_dir), "epochs": 5, "seed": 3, "label_smoothing": 0.0})
+    )
+    res = runner.invoke(
+        app,
+        [
+            "classify",
+            "train",
+            "--config",
+            str(cfg),
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--name",
+            "cli",
+            *FLAGS,
+        ],
+    )
     assert res.exit_code == 0, res.output
     saved = yaml.safe_load((tmp_path / "classify" / "cli" / "config.yaml").read_text())
     assert saved["epochs"] == 1 and saved["seed"] == 3 and saved["label_smoothing"] == 0.0
@@ -53,11 +88,14 @@ def test_user_errors_are_one_line_not_a_traceback(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "not a pixtell run" in res.output
 
 
-def test_predict_json_and_sort_undo(trained_run: classify.Run, shapes_dir: Path,
-                                    tmp_path: Path) -> None:
+def test_predict_json_and_sort_undo(
+    trained_run: classify.Run, shapes_dir: Path, tmp_path: Path
+) -> None:
     images = sorted((shapes_dir / "square").iterdir())[:3]
-    res = runner.invoke(app, ["classify", "predict", str(trained_run.dir), *map(str, images),
-                              "--json", "--topk", "2"])
+    res = runner.invoke(
+        app,
+        ["classify", "predict", str(trained_run.dir), *map(str, images), "--json", "--topk", "2"],
+    )
     assert res.exit_code == 0, res.output
     lines = [json.loads(x) for x in res.output.splitlines() if x.startswith("{")]
     assert [x["path"] for x in lines] == [str(p) for p in images]
@@ -66,8 +104,19 @@ def test_predict_json_and_sort_undo(trained_run: classify.Run, shapes_dir: Path,
     inbox = tmp_path / "inbox"
     shutil.copytree(shapes_dir / "square", inbox)
     n = len(list(inbox.iterdir()))
-    res = runner.invoke(app, ["classify", "sort", str(inbox), "--model", str(trained_run.dir),
-                              "--out", str(tmp_path / "out"), "--move"])
+    res = runner.invoke(
+        app,
+        [
+            "classify",
+            "sort",
+            str(inbox),
+            "--model",
+            str(trained_run.dir),
+            "--out",
+            str(tmp_path / "out"),
+            "--move",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert not list(inbox.iterdir())
     manifest = tmp_path / "out" / "sort-manifest.jsonl"
@@ -80,9 +129,27 @@ def test_ddp_two_processes_on_cpu(shapes_dir: Path, tmp_path: Path) -> None:
     """A real 2-process DDP run (gloo on CPU) through the CLI, as a user would start it."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     env.pop("PIXTELL_RUN_DIR", None)
-    cmd = [sys.executable, "-m", "pixtell.cli", "classify", "train", str(shapes_dir),
-           "--epochs", "1", "--out", str(tmp_path), "--name", "ddp", "--strategy", "ddp",
-           "--devices", "2", "--accelerator", "cpu", *FLAGS]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pixtell.cli",
+        "classify",
+        "train",
+        str(shapes_dir),
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path),
+        "--name",
+        "ddp",
+        "--strategy",
+        "ddp",
+        "--devices",
+        "2",
+        "--accelerator",
+        "cpu",
+        *FLAGS,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     runs = sorted((tmp_path / "classify").iterdir())

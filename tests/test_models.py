@@ -12,8 +12,15 @@ from safetensors.torch import save_file
 from pixtell.models import WeightsUnavailableError, count_params, create, get_spec, list_models
 
 EXPECTED = {
-    "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "resnet18", "resnet34",
-    "resnet50", "resnet101", "resnet152", "efficientnet_b0",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "efficientnet_b0",
     *(f"tinyvgg_{c}" for c in "abcde"),
 }
 
@@ -33,12 +40,16 @@ def test_tinyvgg_configs_grow_and_take_any_size(name: str) -> None:
 
 
 def test_tinyvgg_depths_follow_vgg_table() -> None:
-    convs = {c: sum(isinstance(m, torch.nn.Conv2d) for m in create(f"tinyvgg_{c}",
-                                                                   num_classes=2).modules())
-             for c in "abcde"}
+    convs = {
+        c: sum(
+            isinstance(m, torch.nn.Conv2d) for m in create(f"tinyvgg_{c}", num_classes=2).modules()
+        )
+        for c in "abcde"
+    }
     assert convs == {"a": 8, "b": 10, "c": 13, "d": 13, "e": 16}  # VGG11..19 minus 3 FC
     assert count_params(create("tinyvgg_e", num_classes=2)) > count_params(
-        create("tinyvgg_a", num_classes=2))
+        create("tinyvgg_a", num_classes=2)
+    )
 
 
 def test_torchvision_model_without_weights() -> None:

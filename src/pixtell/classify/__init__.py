@@ -258,8 +258,11 @@ class EvalResult:
     report: Path
 
 
-def _samples_from_folder(data: Path, classes: list[str]) -> list[Sample]:
-    """Images of ``data/<class>/`` (or ``data/test/<class>/``) labelled by the run's classes."""
+def _samples_from_folder(
+    data: Path, classes: list[str]
+) -> tuple[list[Sample], list[tuple[Path, str]]]:
+    """Images of ``data/<class>/`` (or ``data/test/<class>/``) labelled by the run's classes,
+    and the unreadable files that were skipped."""
     scan = scan_image_folder(data, fractions=(1.0, 0.0, 0.0), progress=False)
     samples = (
         scan.splits["test"]
@@ -273,7 +276,7 @@ def _samples_from_folder(data: Path, classes: list[str]) -> list[Sample]:
             f"the model's classes are: {', '.join(classes)}"
         )
     index = {c: i for i, c in enumerate(classes)}
-    return [Sample(s.path, index[scan.classes[s.label]]) for s in samples]
+    return [Sample(s.path, index[scan.classes[s.label]]) for s in samples], scan.skipped
 
 
 def evaluate(
@@ -290,32 +293,35 @@ def evaluate(
     run = Run.load(run)
     clf = Classifier.from_run(run.dir)
     if data is None:
-        samples = read_split(run.dir / SPLIT_FILE).splits["test"]
+        samples, skipped = read_split(run.dir / SPLIT_FILE).splits["test"], []
         if not samples:
             raise ValueError(f"{run.dir} has an empty test split; pass --data DIR to evaluate")
         name = "eval"
     else:
-        samples = _samples_from_folder(Path(data), clf.classes)
+        samples, skipped = _samples_from_folder(Path(data), clf.classes)
         name = f"eval-{Path(data).resolve().name}"
     suffix = "" if tta == "none" else f"-{tta}"
     out_dir = Path(out) if out else run.dir / f"{name}{suffix}"
     out_dir.mkdir(parents=True, exist_ok=True)
 
     probs = np.zeros((len(samples), len(clf.classes)))
-    failed: list[tuple[Path, str]] = []
+    failed: dict[int, str] = {}
     for i, p in clf.iter_probs(
         [s.path for s in samples], tta=tta, batch_size=batch_size, num_workers=num_workers
     ):
         if isinstance(p, str):
-            failed.append((samples[i].path, p))
+            failed[i] = p
         else:
             probs[i] = p.numpy()
-    keep = [i for i, s in enumerate(samples) if s.path not in {f for f, _ in failed}]
+    keep = [i for i in range(len(samples)) if i not in failed]
     y = np.array([samples[i].label for i in keep], dtype=int)
     probs = probs[keep]
     metrics = classification_metrics(y, probs, clf.classes, topk=topk)
     metrics.update(
-        tta=tta, data=str(data or "test split"), skipped=[[str(p), r] for p, r in failed]
+        tta=tta,
+        data=str(data or "test split"),
+        skipped=[[str(p), r] for p, r in skipped]
+        + [[str(samples[i].path), r] for i, r in failed.items()],
     )
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     _write_predictions(
