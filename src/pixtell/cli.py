@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
+import os
 import sys
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -118,22 +120,19 @@ def config_command(
     parent.command(name, help=help)(command)
 
 
-class _friendly_errors:
-    """Turn expected user errors into one red line and exit code 2 instead of a traceback."""
+@contextlib.contextmanager
+def _friendly_errors() -> Iterator[None]:
+    """Expected user errors become one red line and exit code 2 instead of a traceback
+    (``PIXTELL_DEBUG=1`` shows the traceback)."""
+    from pixtell.models import WeightsUnavailableError
 
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: Any) -> bool:
-        from pixtell.data.images import ImageLoadError
-        from pixtell.models import WeightsUnavailableError
-
-        if exc_type is not None and issubclass(
-            exc_type, ValueError | FileNotFoundError | ImageLoadError | WeightsUnavailableError
-        ):
-            err.print(f"[red]error:[/] {exc}")
-            raise typer.Exit(2)
-        return False
+    try:
+        yield
+    except (ValueError, FileNotFoundError, WeightsUnavailableError) as exc:
+        if os.environ.get("PIXTELL_DEBUG"):
+            raise
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
 
 
 # -- classify --------------------------------------------------------------------------------

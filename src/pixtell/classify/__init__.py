@@ -91,7 +91,8 @@ def train(
     if run_dir is None:
         run_dir = new_run_dir(cfg.out, "classify", cfg.name or cfg.model)
         write_split(run_dir / SPLIT_FILE, scan)
-    save_config(cfg, run_dir / CONFIG_FILE)
+    if not joined:  # DDP worker processes read the launcher's config; they never write it
+        save_config(cfg, run_dir / CONFIG_FILE)
 
     spec = get_spec(cfg.model, "classify")
     img_size = cfg.img_size or spec.input_size
