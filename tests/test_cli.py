@@ -104,6 +104,10 @@ def test_predict_json_and_sort_undo(
     inbox = tmp_path / "inbox"
     shutil.copytree(shapes_dir / "square", inbox)
     n = len(list(inbox.iterdir()))
+    sort_args = ["classify", "sort", str(inbox), "--model", str(trained_run.dir)]
+    dry = runner.invoke(app, [*sort_args, "--out", str(tmp_path / "out"), "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert dry.output.count("→") == n and not (tmp_path / "out").exists()
     res = runner.invoke(
         app,
         [

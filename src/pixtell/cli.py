@@ -277,6 +277,9 @@ def classify_sort(
             dry_run=dry_run,
             tta=tta,
         )
+    if res.dry_run:
+        for src, dest in res.placements:
+            console.print(f"{src} → {dest}")
     table = Table("folder", "images", title="would sort" if res.dry_run else "sorted")
     for name, n in sorted(res.counts.items()):
         table.add_row(name, str(n))
