@@ -13,12 +13,16 @@ from pixtell.engine import RNGState, precision_for
 
 def test_rng_state_round_trips_through_a_weights_only_checkpoint() -> None:
     cb = RNGState()
-    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
     buf = io.BytesIO()
     torch.save({"rng": cb.state_dict()}, buf)
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
 
-    random.seed(9), np.random.seed(9), torch.manual_seed(9)  # drift away
+    random.seed(9)  # drift away
+    np.random.seed(9)
+    torch.manual_seed(9)
     buf.seek(0)
     cb.load_state_dict(torch.load(buf, weights_only=True)["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected

@@ -292,7 +292,7 @@ def evaluate(
 ) -> EvalResult:
     """Score a run on its held-out test split (or ``data``); writes metrics, plots, report."""
     run = Run.load(run)
-    clf = Classifier.from_run(run.dir)
+    clf = Classifier.from_run(run)
     if data is None:
         samples, skipped = read_split(run.dir / SPLIT_FILE).splits["test"], []
         if not samples:
@@ -427,7 +427,7 @@ def predict(
     batch_size: int = 32,
 ) -> list[Prediction]:
     """Top-k predictions per image (files or folders); unreadable files carry ``error``."""
-    clf = Classifier.from_run(Run.load(run).dir if isinstance(run, Run) else run)
+    clf = Classifier.from_run(run)
     return clf.predict(image_paths(images), topk=topk, tta=tta, batch_size=batch_size)
 
 
@@ -445,7 +445,7 @@ def sort(
     progress: bool = True,
 ) -> SortResult:
     """Sort ``inbox`` into ``out/<class>/`` (``out/others/`` below ``threshold``); undoable."""
-    clf = Classifier.from_run(model.dir if isinstance(model, Run) else model)
+    clf = Classifier.from_run(model)
 
     def predict_fn(paths: list[Path]) -> list[tuple[str, float] | Exception]:
         return [

@@ -15,6 +15,7 @@ from torchvision.transforms import v2
 from pixtell.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 from pixtell.data.transforms import build_eval_transform, build_full_image_transform
 from pixtell.models import load_model
+from pixtell.runs import Run
 
 TTA = Literal["none", "flip", "multiscale", "dense"]
 TTA_CHOICES = ("none", "flip", "multiscale", "dense")
@@ -93,7 +94,7 @@ class Classifier:
         self.classes: list[str] = meta["class_names"]
 
     @classmethod
-    def from_run(cls, run: str | Path, device: str | None = None) -> Classifier:
+    def from_run(cls, run: str | Path | Run, device: str | None = None) -> Classifier:
         model, meta = load_model(run)
         if meta.get("task") != "classify":
             raise ValueError(f"{run} holds a {meta.get('task')} model, not a classifier")

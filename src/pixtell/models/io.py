@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pixtell.models.registry import create
-from pixtell.runs import run_dir_holding
+from pixtell.runs import Run, run_dir_holding
 
 WEIGHTS_FILE = "best.safetensors"
 META_FILE = "model.json"
@@ -25,9 +25,10 @@ def save_model(model: nn.Module, run_dir: Path, meta: dict[str, Any]) -> Path:
     return run_dir / WEIGHTS_FILE
 
 
-def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model of a run (directory or file in it) in eval mode, with its metadata."""
-    run_dir = run_dir_holding(path, META_FILE)
+def load_model(path: str | Path | Run) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model of a run (a ``Run``, its directory or a file in it) in eval mode,
+    with its metadata."""
+    run_dir = run_dir_holding(path.dir if isinstance(path, Run) else path, META_FILE)
     meta = json.loads((run_dir / META_FILE).read_text())
     model = create(
         meta["arch"],
