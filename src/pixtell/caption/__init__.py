@@ -1,0 +1,1 @@
+"""Image captioning: ``train``, ``evaluate``, ``predict`` (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""Object detection: ``analyze``, ``convert``, ``train``, ``evaluate``, ``predict`` (see DESIGN.md)."""
