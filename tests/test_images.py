@@ -140,6 +140,34 @@ def test_palette_with_transparency_composited_on_white(tmp_path: Path) -> None:
     assert tuple(arr[0, 0]) == (0, 0, 255)
 
 
+def test_rgb_png_with_transparent_colour_put_on_white(tmp_path: Path) -> None:
+    img = Image.new("RGB", (8, 8), (10, 200, 30))
+    img.putpixel((2, 5), (0, 0, 0))
+    path = _save(img, tmp_path / "trns.png", transparency=(0, 0, 0))  # writes a tRNS chunk
+    assert b"tRNS" in path.read_bytes()
+    assert Image.open(path).info["transparency"] == (0, 0, 0)
+    arr = _assert_rgb(load_image(path))
+    assert tuple(arr[5, 2]) == (255, 255, 255)  # the transparent colour must not come out black
+    assert tuple(arr[0, 0]) == (10, 200, 30)
+    assert (arr == (255, 255, 255)).all(axis=2).sum() == 1
+
+
+@pytest.mark.parametrize(("mode", "dtype"), [("L", np.uint8), ("I;16", np.uint16)])
+def test_grey_png_with_transparent_value_put_on_white(
+    tmp_path: Path, mode: str, dtype: type
+) -> None:
+    values = np.full((4, 4), 3, dtype=dtype)
+    values[1, 2] = 7
+    img = Image.fromarray(values)
+    assert img.mode == mode
+    path = _save(img, tmp_path / "g.png", transparency=7)
+    assert Image.open(path).info["transparency"] == 7
+    arr = _assert_rgb(load_image(path))
+    assert tuple(arr[1, 2]) == (255, 255, 255)
+    black = 3 if mode == "L" else 0  # 3 of 65535 rounds to 0 of 255
+    assert tuple(arr[0, 0]) == (black, black, black)
+
+
 def test_palette_without_transparency(tmp_path: Path) -> None:
     img = Image.new("P", (8, 8), 1)
     img.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)

@@ -184,15 +184,23 @@ def _strict_pillow() -> Iterator[None]:
 
 
 def _to_rgb(im: Image.Image, path: Path) -> Image.Image:
-    """Convert any Pillow mode to 8-bit RGB (alpha composited onto white)."""
+    """Convert any Pillow mode to 8-bit RGB (alpha and transparent colours put on white)."""
     mode = im.mode
-    if mode == "RGB":
+    transparency = im.info.get("transparency")
+    if mode == "RGB" and transparency is None:
         return im
     if mode in _16BIT_MODES or mode in ("I", "F"):
-        return Image.fromarray(_gray_to_uint8(np.asarray(im), mode)).convert("RGB")
+        values = np.asarray(im)
+        gray = _gray_to_uint8(values, mode)
+        if isinstance(transparency, int) and not isinstance(transparency, bool):
+            gray[values == transparency] = 255  # a PNG tRNS grey value: that colour is see-through
+        return Image.fromarray(gray).convert("RGB")
     try:
-        if mode in _ALPHA_MODES or "transparency" in im.info:
-            rgba = im.convert("RGBA")
+        if mode in _ALPHA_MODES or transparency is not None:
+            try:
+                rgba = im.convert("RGBA")  # Pillow turns a tRNS colour or index into alpha
+            except (TypeError, ValueError):  # a malformed transparency value: ignore it
+                return im.convert("RGB")
             white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             return Image.alpha_composite(white, rgba).convert("RGB")
         return im.convert("RGB")
