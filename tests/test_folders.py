@@ -23,6 +23,7 @@ from pixtell.data.folders import (
     ImageFolderScan,
     Sample,
     find_duplicates,
+    list_images,
     read_split,
     scan_image_folder,
     stratified_split,
@@ -214,6 +215,32 @@ def test_identical_files_share_a_split_and_are_reported(tmp_path: Path) -> None:
     assert len(paths) == len(set(paths)) == 72
 
 
+def test_same_content_in_two_classes_is_a_label_conflict(tmp_path: Path) -> None:
+    files = _tree(tmp_path, {"cat": 5, "dog": 5})
+    same_class = shutil.copy(files["cat"][1], tmp_path / "cat" / "again.png")
+    other_class = shutil.copy(files["cat"][0], tmp_path / "dog" / "mislabelled.png")
+    third = shutil.copy(files["cat"][0], tmp_path / "cat" / "third.png")
+    scan = _scan(tmp_path)
+    conflict = sorted(p.resolve() for p in (files["cat"][0], other_class, third))
+    assert scan.conflicts == [conflict]
+    twins = sorted([files["cat"][1].resolve(), same_class.resolve()])
+    assert sorted(scan.duplicates) == sorted([conflict, twins])
+    where = _split_of(scan)  # kept, in one split, with each file's own folder as its label
+    assert len({where[p] for p in conflict}) == 1
+    labels = {s.path: scan.classes[s.label] for items in scan.splits.values() for s in items}
+    assert [labels[p] for p in conflict] == ["cat", "cat", "dog"]
+
+
+def test_presplit_conflict_across_splits_is_reported(tmp_path: Path) -> None:
+    train = _tree(tmp_path / "train", {"a": 3, "b": 3})
+    _tree(tmp_path / "val", {"a": 1, "b": 1})
+    moved = shutil.copy(train["a"][0], tmp_path / "val" / "b" / "x.png")
+    leak = shutil.copy(train["b"][0], tmp_path / "val" / "b" / "y.png")  # same class: no conflict
+    scan = _scan(tmp_path)
+    assert scan.conflicts == [[train["a"][0].resolve(), moved.resolve()]]
+    assert [train["b"][0].resolve(), leak.resolve()] in scan.duplicates
+
+
 def test_find_duplicates(tmp_path: Path) -> None:
     a, b, c = (tmp_path / n for n in ("a.bin", "b.bin", "c.bin"))
     a.write_bytes(b"same")
@@ -370,6 +397,32 @@ def test_train_folder_without_class_folders_is_a_class(tmp_path: Path) -> None:
     assert not scan.presplit and scan.classes == ["train", "zebra"]
 
 
+@pytest.mark.parametrize("splits", [["train"], ["train", "val"], ["train", "val", "test"]])
+def test_class_named_train_never_flips_to_presplit(tmp_path: Path, splits: list[str]) -> None:
+    # A class folder named like a split, with sub-folders (e.g. photo sessions) inside it.
+    nested = {s: _image(tmp_path / s / "session1" / f"{s}.png") for s in splits}
+    _tree(tmp_path, {"zebra": 3})
+    for s in splits:
+        _tree(tmp_path / s, {"session2": 2})
+    scan = _scan(tmp_path)
+    assert not scan.presplit and scan.classes == sorted([*splits, "zebra"])
+    where = {s.path: scan.classes[s.label] for items in scan.splits.values() for s in items}
+    for name, path in nested.items():
+        assert where[path.resolve()] == name
+    assert len(where) == 3 + 3 * len(splits)
+
+
+def test_presplit_with_hidden_folders_and_top_level_files(tmp_path: Path) -> None:
+    _tree(tmp_path / "train", {"a": 3, "b": 3})
+    _tree(tmp_path / "test", {"a": 1})
+    _image(tmp_path / ".thumbnails" / "x" / "t.png")
+    readme = tmp_path / "README.txt"
+    readme.write_text("about this data")
+    scan = _scan(tmp_path)
+    assert scan.presplit and scan.classes == ["a", "b"]
+    assert [p for p, _ in scan.skipped] == [readme.resolve()]
+
+
 # ----------------------------------------------------------------------------- subsets
 
 
@@ -393,6 +446,99 @@ def test_max_samples_per_class(tmp_path: Path) -> None:
         _scan(tmp_path, max_samples_per_class=0)
 
 
+# ----------------------------------------------------------------------------- listing
+
+
+def _touch(folder: Path, *names: str) -> list[Path]:
+    """Empty files: listing looks at names only, never at content."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(b"")
+    return [folder / n for n in names]
+
+
+@pytest.fixture
+def inbox(tmp_path: Path) -> Path:
+    """inbox/{b.JPG, a.png, notes.txt, .hidden.png}, sub/{c.png, d/e.jpg}, .cache/, out/cat/."""
+    root = tmp_path / "inbox"
+    _touch(root, "b.JPG", "a.png", "notes.txt", ".hidden.png")
+    _touch(root / "sub", "c.png", "readme.md")
+    _touch(root / "sub" / "d", "e.jpg")
+    _touch(root / ".cache", "f.png")
+    _touch(root / "out" / "cat", "g.png")
+    return root
+
+
+def test_list_images_top_level_counts_what_it_did_not_search(inbox: Path) -> None:
+    listing = list_images(inbox, exclude=inbox / "out")
+    assert listing.paths == [inbox / "a.png", inbox / "b.JPG"]
+    assert listing.not_searched == 2  # c.png and e.jpg; not .cache, not the excluded out
+    assert listing.symlinks == listing.missing == listing.unreadable == []
+    assert list_images(str(inbox)).not_searched == 3  # nothing excluded: out/cat/g.png too
+
+
+def test_list_images_recursive(inbox: Path) -> None:
+    listing = list_images(inbox, recursive=True, exclude=inbox / "out")
+    names = ["a.png", "b.JPG", "sub/c.png", "sub/d/e.jpg"]
+    assert listing.paths == sorted(inbox / n for n in names)
+    assert listing.not_searched == 0
+
+
+def test_list_images_exclude_by_any_name(inbox: Path, tmp_path: Path) -> None:
+    (tmp_path / "link-to-out").symlink_to(inbox / "out")
+    for exclude in (tmp_path / "link-to-out", inbox / "sub" / ".." / "out"):
+        listing = list_images(inbox, recursive=True, exclude=exclude)
+        assert inbox / "out" / "cat" / "g.png" not in listing.paths
+    assert list_images(inbox, exclude=tmp_path / "not-made-yet").not_searched == 3
+
+
+def test_list_images_reports_symlinks_and_never_follows_them(inbox: Path, tmp_path: Path) -> None:
+    elsewhere = _touch(tmp_path / "elsewhere", "x.png")[0]
+    (inbox / "link.png").symlink_to(elsewhere)
+    (inbox / "broken.png").symlink_to(tmp_path / "gone.png")
+    (inbox / "link.txt").symlink_to(elsewhere)  # not an image name: not reported
+    (inbox / "sub" / "linked-folder").symlink_to(tmp_path / "elsewhere")
+    flat = list_images(inbox)
+    assert flat.symlinks == [inbox / "broken.png", inbox / "link.png"]
+    assert flat.not_searched == 3  # c.png, e.jpg, out/cat/g.png; not the linked folder's x.png
+    deep = list_images(inbox, recursive=True)
+    assert deep.symlinks == [
+        inbox / "broken.png",
+        inbox / "link.png",
+        inbox / "sub" / "linked-folder",
+    ]
+    assert not any("elsewhere" in str(p) or "link" in p.name for p in deep.paths)
+
+
+def test_list_images_explicit_files_missing_inputs_and_no_repeats(
+    inbox: Path, tmp_path: Path
+) -> None:
+    hidden = inbox / ".hidden.png"
+    listing = list_images([inbox / "b.JPG", hidden, inbox, tmp_path / "nope.png", "nope-dir"])
+    assert listing.paths == [hidden, inbox / "a.png", inbox / "b.JPG"]
+    assert listing.missing == [tmp_path / "nope.png", Path("nope-dir")]
+    assert list_images([]).paths == []
+
+
+def test_list_images_unreadable_folder_is_reported(
+    inbox: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    locked = inbox / "sub" / "d"
+    real_scandir = os.scandir
+
+    def scandir(path: Path) -> object:  # chmod 0 does not stop root, so fake the refusal
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(folders.os, "scandir", scandir)
+    listing = list_images(inbox, recursive=True)
+    assert listing.unreadable == [
+        (locked, "cannot list folder (Permission denied); check its permissions")
+    ]
+    assert inbox / "sub" / "c.png" in listing.paths
+
+
 # ----------------------------------------------------------------------------- manifests
 
 
@@ -402,6 +548,7 @@ def test_write_read_round_trip(tmp_path: Path) -> None:
     shutil.copy(files["a"][0], data / "b" / "dup.png")
     (data / "a" / "junk.txt").write_text("x")
     scan = _scan(data, seed=4, fractions=(0.6, 0.2, 0.2))
+    assert len(scan.conflicts) == 1
     out = tmp_path / "manifests" / "split.json"
     write_split(out, scan)
     back = read_split(out)
@@ -412,6 +559,7 @@ def test_write_read_round_trip(tmp_path: Path) -> None:
     assert raw["classes"] == ["a", "b"]
     assert raw["skipped"] == [["a/junk.txt", scan.skipped[0][1]]]
     assert raw["duplicates"] == [["a/a_000.png", "b/dup.png"]]
+    assert raw["conflicts"] == [["a/a_000.png", "b/dup.png"]]
     for rows in raw["splits"].values():
         assert rows == sorted(rows)
         assert all(not Path(rel).is_absolute() and "\\" not in rel for rel, _ in rows)
@@ -419,6 +567,16 @@ def test_write_read_round_trip(tmp_path: Path) -> None:
     write_split(out, back)
     assert out.read_bytes() == first
     assert first.startswith(b"{\n  ") and first.endswith(b"\n")
+
+
+def test_read_split_without_conflicts_key(tmp_path: Path) -> None:
+    _tree(tmp_path / "data", {"a": 3, "b": 3})
+    out = tmp_path / "split.json"
+    write_split(out, _scan(tmp_path / "data"))
+    raw = json.loads(out.read_text())
+    del raw["conflicts"]  # written before label conflicts were recorded
+    out.write_text(json.dumps(raw))
+    assert read_split(out).conflicts == []
 
 
 def test_read_split_rejects_garbage(tmp_path: Path) -> None:

@@ -45,6 +45,7 @@ class ImageFolderScan:
     splits: dict[str, list[Sample]]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     duplicates: list[list[Path]] = field(default_factory=list)
+    conflicts: list[list[Path]] = field(default_factory=list)  # duplicates in 2+ class folders
     presplit: bool = False
     seed: int = 0
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
@@ -66,7 +67,9 @@ def scan_image_folder(
     """Scan ``root`` into seeded, stratified, leak-free train/val/test splits.
 
     Unusable files are reported in ``skipped`` (never in a split); identical files are reported
-    in ``duplicates`` and always share a split.
+    in ``duplicates`` and always share a split. A group of identical files in two or more class
+    folders is also a label conflict, reported in ``conflicts``: its files are kept (like other
+    duplicates, in one split) because only the user can tell which label is right.
     """
     fracs = _check_fractions(fractions)
     if max_samples_per_class is not None and max_samples_per_class < 1:
@@ -103,12 +106,15 @@ def scan_image_folder(
     else:
         splits = stratified_split([s for v in samples.values() for s in v], fracs, seed, hashes)
     duplicates, _ = _group_by_hash(hashes)
+    class_of = {path: key[1] for key, paths in usable.items() for path in paths}
+    conflicts = [g for g in duplicates if len({class_of[p] for p in g}) > 1]
     return ImageFolderScan(
         root=root,
         classes=classes,
         splits=splits,
         skipped=sorted(skipped, key=lambda item: str(item[0])),
         duplicates=duplicates,
+        conflicts=conflicts,
         presplit=presplit,
         seed=seed,
         fractions=fracs,
@@ -135,8 +141,13 @@ def _subdirs(folder: Path) -> list[Path]:
 
 
 def _is_presplit(root: Path) -> bool:
-    train = root / "train"
-    return train.is_dir() and bool(_subdirs(train))
+    """True when every top-level folder is a split folder, ``train`` (with sub-folders) among them.
+
+    Any other top-level folder makes all of them classes, so a class named ``train`` never flips
+    the layout. Top-level files do not decide: they are reported as skipped in either layout.
+    """
+    names = {d.name for d in _subdirs(root)}
+    return "train" in names and names <= set(SPLITS) and bool(_subdirs(root / "train"))
 
 
 def _class_folders(
@@ -148,18 +159,9 @@ def _class_folders(
     if not presplit:
         folders = {(None, d.name): d for d in _subdirs(root)}
     else:
-        for d in _subdirs(root):
-            if d.name not in SPLITS:
-                skipped.append(
-                    (
-                        d,
-                        f"folder is not train/val/test in a pre-split layout; "
-                        f"move it into {root / 'train'} or out of the data folder",
-                    )
-                )
-            else:
-                folders.update({(d.name, c.name): c for c in _subdirs(d)})
-                skipped += [(p, _NOT_IN_CLASS) for p in sorted(_listdir(d)) if not p.is_dir()]
+        for d in _subdirs(root):  # only train/val/test, see _is_presplit
+            folders.update({(d.name, c.name): c for c in _subdirs(d)})
+            skipped += [(p, _NOT_IN_CLASS) for p in sorted(_listdir(d)) if not p.is_dir()]
     if not folders:
         raise ValueError(f"data folder {root} has no class sub-folders; expected {LAYOUT}")
     return folders, skipped
@@ -359,6 +361,95 @@ def _group_by_hash(hashes: dict[Path, str]) -> tuple[list[list[Path]], dict[Path
     return sorted(groups, key=lambda g: g[0].as_posix()), hashes
 
 
+# ----------------------------------------------------------------------------- listing
+
+
+@dataclass
+class ImageListing:
+    """What :func:`list_images` found: the images to use and what was left out."""
+
+    paths: list[Path] = field(default_factory=list)  # sorted
+    not_searched: int = 0  # images in sub-folders, left out because the search was not recursive
+    symlinks: list[Path] = field(default_factory=list)  # symlinked images (and folders): not used
+    missing: list[Path] = field(default_factory=list)  # inputs that do not exist
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)  # (folder, reason)
+
+
+def list_images(
+    inputs: StrPath | Sequence[StrPath],
+    *,
+    recursive: bool = False,
+    exclude: StrPath | None = None,
+) -> ImageListing:
+    """The image files named by ``inputs`` (files and folders), as predict and sort use them.
+
+    Folders contribute their image files (by extension), skipping hidden files and folders as
+    scanning does, the folder ``exclude`` (e.g. a sort's output inside its inbox), and symlinks
+    (reported in ``symlinks``, never followed, so sorting cannot move a file from outside the
+    folder). Sub-folders are searched only when ``recursive``; otherwise their images are
+    counted in ``not_searched``. Files named explicitly are kept even when hidden.
+    """
+    items = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
+    skip = _folder_id(Path(exclude)) if exclude is not None else None
+    listing = ImageListing()
+    found: set[Path] = set()
+    for item in map(Path, items):
+        if item.is_dir():
+            _search(item, recursive, skip, listing, found)
+        elif item.exists():
+            found.add(item)
+        else:
+            listing.missing.append(item)
+    listing.paths = sorted(found)
+    listing.symlinks.sort()
+    return listing
+
+
+def _folder_id(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of a folder, to recognise it under any name; None if it does not exist."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _search(
+    folder: Path,
+    recursive: bool,
+    skip: tuple[int, int] | None,
+    listing: ImageListing,
+    found: set[Path],
+) -> None:
+    pending = [(folder, True)]  # (folder, searched); unsearched ones are only counted
+    while pending:
+        current, searched = pending.pop()
+        try:
+            with os.scandir(current) as it:
+                entries = [e for e in it if not e.name.startswith(".")]
+        except OSError as exc:
+            reason = f"cannot list folder ({exc.strerror or exc}); check its permissions"
+            listing.unreadable.append((current, reason))
+            continue
+        for entry in entries:
+            path = current / entry.name
+            try:
+                if entry.is_symlink():
+                    if searched and (is_image_file(path) or (recursive and path.is_dir())):
+                        listing.symlinks.append(path)
+                elif entry.is_dir(follow_symlinks=False):
+                    if skip is None or _folder_id(path) != skip:
+                        pending.append((path, searched and recursive))
+                elif entry.is_file(follow_symlinks=False) and is_image_file(path):
+                    if searched:
+                        found.add(path)
+                    else:
+                        listing.not_searched += 1
+            except OSError as exc:  # vanished or unreadable while listing
+                reason = f"cannot read ({exc.strerror or exc}); check its permissions"
+                listing.unreadable.append((path, reason))
+
+
 # ----------------------------------------------------------------------------- manifests
 
 
@@ -377,6 +468,7 @@ def write_split(path: StrPath, scan: ImageFolderScan) -> None:
         },
         "skipped": sorted([_rel(p, root), reason] for p, reason in scan.skipped),
         "duplicates": sorted(sorted(_rel(p, root) for p in g) for g in scan.duplicates),
+        "conflicts": sorted(sorted(_rel(p, root) for p in g) for g in scan.conflicts),
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -407,6 +499,7 @@ def read_split(path: StrPath) -> ImageFolderScan:
             splits=splits,
             skipped=[(root / rel, str(reason)) for rel, reason in data.get("skipped", [])],
             duplicates=[[root / rel for rel in g] for g in data.get("duplicates", [])],
+            conflicts=[[root / rel for rel in g] for g in data.get("conflicts", [])],
             presplit=bool(data.get("presplit", False)),
             seed=int(data.get("seed", 0)),
             fractions=_check_fractions(data.get("fractions", (0.8, 0.1, 0.1))),
