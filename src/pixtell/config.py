@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pixtell.data.images import DEFAULT_MAX_PIXELS
 
@@ -45,6 +47,7 @@ class TrainerSettings(Settings):
     out: Path = Field(Path("runs"), description="Parent folder of run directories.")
     name: str | None = Field(None, description="Run name (default: the model name, numbered).")
     progress: bool = Field(True, description="Show progress bars.")
+    verbose: bool = Field(False, description="Also show Lightning's own messages.")
 
     @field_validator("devices", mode="before")
     @classmethod
@@ -102,24 +105,127 @@ class ClassifyTrainConfig(TrainerSettings):
     )
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Refuse larger images.")
 
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> ClassifyTrainConfig:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                f"--val-fraction ({self.val_fraction}) + --test-fraction ({self.test_fraction}) "
+                "must be below 1, leaving images to train on"
+            )
+        return self
+
+
+# Names people bring from other tools, mapped to ours (for "did you mean" hints).
+ALIASES = {
+    "learning_rate": "lr",
+    "num_epochs": "epochs",
+    "max_epochs": "epochs",
+    "image_size": "img_size",
+    "imgsz": "img_size",
+    "input_size": "img_size",
+    "bs": "batch_size",
+    "workers": "num_workers",
+    "lr_scheduler": "scheduler",
+    "sched": "scheduler",
+    "arch": "model",
+    "early_stopping_patience": "patience",
+    "wd": "weight_decay",
+    "gpus": "devices",
+    "precision": "mixed_precision",
+}
+
+
+def flag_name(name: str) -> str:
+    """How the user spells a setting on the command line."""
+    return "DATA" if name == "data" else "--" + name.replace("_", "-")
+
+
+def closest_setting(name: str, fields: Iterable[str]) -> str | None:
+    """The valid setting a mistyped name most likely meant (or None)."""
+    fields = list(fields)
+    key = name.strip().lower().replace("-", "_")
+    if key in fields:
+        return key
+    if ALIASES.get(key) in fields:
+        return ALIASES[key]
+    match = difflib.get_close_matches(key, fields, n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def read_settings_file(path: Path) -> dict[str, Any]:
+    """The mapping in a YAML settings file; broken YAML names the file and the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} not found")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise ValueError(f"{path}{where}: {problem}; fix the YAML syntax there") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected a mapping of settings (key: value) at the top level")
+    return {str(k): v for k, v in loaded.items()}
+
+
+def _error_text(err: Mapping[str, Any], source: Mapping[str, str], fields: Iterable[str]) -> str:
+    """One pydantic error as a sentence about a flag."""
+    name = str(err["loc"][0]) if err.get("loc") else "?"
+    where = source.get(name)
+    typ, ctx = err["type"], err.get("ctx") or {}
+    if typ == "extra_forbidden":
+        hint = closest_setting(name, fields)
+        text = f"unknown setting {name!r}" + (f" in {where}" if where else "")
+        return text + (f"; did you mean {hint!r}?" if hint else "")
+    flag = flag_name(name)
+    if typ == "missing":
+        return f"{flag} is required"
+    bounds = {
+        "greater_than": ">",
+        "greater_than_equal": ">=",
+        "less_than": "<",
+        "less_than_equal": "<=",
+    }
+    if typ in bounds:
+        limit = next(iter(ctx.values()))
+        limit = f"{limit:g}" if isinstance(limit, int | float) else limit
+        text = f"{flag} must be {bounds[typ]} {limit}"
+    elif typ == "literal_error":
+        text = f"{flag} must be one of {ctx.get('expected', '')}"
+    elif typ == "value_error":
+        text = str(ctx.get("error", err["msg"]))
+        return text + (f" (in {where})" if where else "")
+    else:
+        text = f"{flag}: {err['msg'].lower()}"
+    got = err.get("input")
+    text += f" (got {got!r}" + (f" from {where})" if where else ")")
+    return text
+
 
 def load_config(cls: type[C], config_file: Path | None = None, **overrides: Any) -> C:
-    """Defaults < YAML file < overrides (``None`` overrides are ignored)."""
+    """Defaults < YAML file < overrides (``None`` overrides are ignored).
+
+    Every problem becomes one ``ValueError`` line that names the flag (or the file and line).
+    """
     data: dict[str, Any] = {}
+    source: dict[str, str] = {}
     if config_file is not None:
-        config_file = Path(config_file)
-        if not config_file.is_file():
-            raise FileNotFoundError(f"config file {config_file} not found")
-        loaded = yaml.safe_load(config_file.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{config_file}: expected a mapping of settings at the top level")
+        loaded = read_settings_file(Path(config_file))
         data.update(loaded)
-    data.update({k: v for k, v in overrides.items() if v is not None})
+        source.update(dict.fromkeys(loaded, str(config_file)))
+    given = {k: v for k, v in overrides.items() if v is not None}
+    data.update(given)
+    for k in given:
+        source.pop(k, None)
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        source = f" (from {config_file} and flags)" if config_file else ""
-        raise ValueError(f"invalid settings{source}:\n{exc}") from None
+        fields = cls.model_fields.keys()
+        texts = dict.fromkeys(_error_text(e, source, fields) for e in exc.errors())
+        raise ValueError("; ".join(texts)) from None
 
 
 def save_config(cfg: BaseModel, path: Path) -> None:

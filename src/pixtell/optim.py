@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -13,7 +14,8 @@ from torch import nn
 class Schedule:
     """A two-stage schedule in optimizer steps: stage 1 at ``lr``, stage 2 at ``fine_tune_lr``."""
 
-    kind: str  # cosine | step | none (plateau is handled per epoch by ReduceLROnPlateau)
+    kind: str  # cosine | step | plateau | none (plateau: warm-up and stages here, reductions
+    # on the monitored metric by PlateauLambdaLR)
     steps_per_epoch: int
     epochs: int
     fine_tune_epochs: int = 0
@@ -68,6 +70,61 @@ def build_optimizer(
     raise ValueError(f"unknown optimizer {name!r}: use adamw or sgd")
 
 
+class PlateauLambdaLR(torch.optim.lr_scheduler.LambdaLR):
+    """A per-step schedule (warm-up, stages) times the reductions of a plateau rule.
+
+    ``ReduceLROnPlateau`` writes the optimizer's LR itself, which would fight a per-step
+    warm-up; here it runs on a one-parameter shadow optimizer whose LR starts at 1.0, and that
+    LR is the extra factor. Its state travels in this scheduler's ``state_dict``, so a
+    checkpoint holds every reduction so far. ``plateau_step(metric)`` is called once per
+    validation (by ``callbacks.PlateauStepper``).
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        factor: Callable[[int], float],
+        *,
+        mode: str,
+        gamma: float,
+        patience: int,
+    ) -> None:
+        self._shadow = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self._shadow, mode=mode, factor=gamma, patience=patience
+        )
+        super().__init__(optimizer, lambda step: factor(step) * self.scale)
+
+    @property
+    def scale(self) -> float:
+        return float(self._shadow.param_groups[0]["lr"])
+
+    def plateau_step(self, metric: float) -> None:
+        self.plateau.step(metric)
+        lrs = [
+            base * f(self.last_epoch)
+            for base, f in zip(self.base_lrs, self.lr_lambdas, strict=True)
+        ]
+        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr
+        self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict:
+        state = {k: v for k, v in super().state_dict().items() if k not in ("plateau", "_shadow")}
+        state["plateau_state"] = self.plateau.state_dict()
+        state["plateau_scale"] = self.scale
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state = dict(state_dict)
+        plateau_state = state.pop("plateau_state", None)
+        scale = state.pop("plateau_scale", 1.0)
+        super().load_state_dict(state)
+        if plateau_state is not None:
+            self.plateau.load_state_dict(plateau_state)
+        self._shadow.param_groups[0]["lr"] = scale
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer,
     schedule: Schedule,
@@ -76,13 +133,21 @@ def build_scheduler(
     mode: str,
     patience: int = 3,
 ) -> dict:
-    """A Lightning ``lr_scheduler`` config: per-step LambdaLR, or per-epoch ReduceLROnPlateau."""
-    if schedule.kind == "plateau":
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode=mode, factor=schedule.gamma, patience=patience
-        )
-        return {"scheduler": sched, "interval": "epoch", "monitor": monitor}
+    """A Lightning ``lr_scheduler`` config, stepped every optimizer step.
+
+    ``plateau`` keeps the warm-up and the fine-tuning stage's LR and multiplies in
+    ``ReduceLROnPlateau``'s reductions (see :class:`PlateauLambdaLR`).
+    """
     # A closure (not a callable object) so the schedule is not frozen into the checkpoint:
     # a resumed run with more --epochs follows the new schedule from the saved step.
+    if schedule.kind == "plateau":
+        sched: torch.optim.lr_scheduler.LRScheduler = PlateauLambdaLR(
+            optimizer,
+            lambda step: schedule.factor(step),
+            mode=mode,
+            gamma=schedule.gamma,
+            patience=patience,
+        )
+        return {"scheduler": sched, "interval": "step", "monitor": monitor}
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule.factor(step))
     return {"scheduler": sched, "interval": "step"}

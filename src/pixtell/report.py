@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import html
 import math
@@ -9,12 +10,14 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # no display needed; figures only go to PNG files
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 @dataclass
@@ -41,8 +44,32 @@ def _fmt(v: object) -> str:
     return html.escape(str(v))
 
 
+def _embedded(png: Path) -> str:
+    """A PNG as a data URI, so the report is one file that can be mailed."""
+    return "data:image/png;base64," + base64.b64encode(Path(png).read_bytes()).decode("ascii")
+
+
+def run_summary(run: Any, **extra: object) -> dict[str, object]:
+    """What a reader of a report needs to know about the run (a ``runs.Run``)."""
+    cfg, res = run.config, run.best_metrics
+    summary: dict[str, object] = {
+        "run": str(run.dir),
+        "data": str(cfg.get("data", "")),
+        "model": cfg.get("model", ""),
+        "image size": cfg.get("img_size") or "model default",
+        "epochs": f"{res.get('epochs_completed', '?')} of "
+        f"{int(cfg.get('epochs', 0)) + int(cfg.get('fine_tune_epochs', 0) or 0)}",
+    }
+    if "train_seconds" in res:
+        summary["training time"] = f"{float(res['train_seconds']) / 60:.1f} min"
+    if "finished" in res:
+        summary["finished"] = res["finished"]
+    summary.update(extra)
+    return summary
+
+
 def write_report(path: Path, title: str, sections: Sequence[Section]) -> Path:
-    """Write a self-contained HTML page; images and links are made relative to it."""
+    """Write a self-contained HTML page: figures embedded, links relative to it."""
     path = Path(path)
     base = path.parent
 
@@ -61,7 +88,7 @@ def write_report(path: Path, title: str, sections: Sequence[Section]) -> Path:
             parts.append(
                 "<table>"
                 + "".join(
-                    f"<tr><td>{html.escape(str(k))}</td><td>{_fmt(v)}</td></tr>"
+                    f"<tr><th>{html.escape(str(k))}</th><td>{_fmt(v)}</td></tr>"
                     for k, v in s.table.items()
                 )
                 + "</table>"
@@ -78,7 +105,7 @@ def write_report(path: Path, title: str, sections: Sequence[Section]) -> Path:
                 + "</table>"
             )
         parts += [
-            f"<p><img src='{rel(p)}' alt='{html.escape(Path(p).name)}'></p>"
+            f"<p><img src='{_embedded(p)}' alt='{html.escape(Path(p).name)}'></p>"
             for p in s.images
             if Path(p).exists()
         ]
@@ -90,7 +117,7 @@ def write_report(path: Path, title: str, sections: Sequence[Section]) -> Path:
                 )
                 + "</ul>"
             )
-    path.write_text("\n".join(parts) + "\n")
+    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
     return path
 
 
@@ -122,6 +149,7 @@ def plot_training_curves(metrics_csv: Path, out: Path) -> Path | None:
             xs, ys = zip(*s[k], strict=True)
             ax.plot(np.asarray(xs) + 1, ys, marker="o", ms=3, label=k.removesuffix("_epoch"))
         ax.set(title=title, xlabel="epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()

@@ -8,10 +8,11 @@ from collections.abc import Callable, Sequence
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 from pixtell.data.folders import Sample
 from pixtell.data.images import DEFAULT_MAX_PIXELS, load_image
+from pixtell.data.sampling import EpochSampler, SeededDataset
 
 
 class ImageListDataset(Dataset):
@@ -75,20 +76,26 @@ class ClassifyDataModule(L.LightningDataModule):
         ds = ImageListDataset(
             self.splits[split], self.train_tf if train else self.eval_tf, self.max_pixels
         )
-        sampler = None
-        if train and self.balanced_sampler:
+        if not train:
+            return DataLoader(
+                ds,
+                batch_size=self.batch_size,
+                num_workers=self.num_workers,
+                persistent_workers=self.num_workers > 0,
+            )
+        weights = None
+        if self.balanced_sampler:
             w = class_weights(self.splits[split], self.num_classes)
-            sample_w = torch.tensor([w[s.label] for s in self.splits[split]], dtype=torch.double)
-            gen = torch.Generator().manual_seed(self.seed)
-            sampler = WeightedRandomSampler(sample_w, len(sample_w), generator=gen)
+            weights = [w[s.label] for s in self.splits[split]]
+        # order and augmentations from (seed, epoch, position): exact on resume, any workers
+        sampler = EpochSampler(len(ds), self.seed, weights=weights)
         return DataLoader(
-            ds,
+            SeededDataset(ds),
             batch_size=self.batch_size,
-            shuffle=train and sampler is None,
             sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            drop_last=train and len(ds) > self.batch_size,
+            drop_last=len(ds) > self.batch_size,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -88,17 +88,31 @@ def _collate(batch: list) -> list:
 class Classifier:
     """Model + metadata of a run; ``probs_for_paths`` is the one inference loop."""
 
-    def __init__(self, model: torch.nn.Module, meta: dict, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        meta: dict,
+        device: str = "cpu",
+        max_pixels: int | None = None,
+    ) -> None:
         self.model, self.meta = model.to(device).eval(), meta
         self.device = device
         self.classes: list[str] = meta["class_names"]
+        # the limit the run was trained with, unless the caller sets another
+        self.max_pixels: int = max_pixels or meta.get("max_pixels") or DEFAULT_MAX_PIXELS
 
     @classmethod
-    def from_run(cls, run: str | Path | Run, device: str | None = None) -> Classifier:
+    def from_run(
+        cls, run: str | Path | Run, device: str | None = None, max_pixels: int | None = None
+    ) -> Classifier:
         model, meta = load_model(run)
         if meta.get("task") != "classify":
-            raise ValueError(f"{run} holds a {meta.get('task')} model, not a classifier")
-        return cls(model, meta, device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            raise ValueError(
+                f"{run} holds a {meta.get('task')} model, not a classifier; "
+                "use `pixtell " + str(meta.get("task")) + "` commands with it"
+            )
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return cls(model, meta, device, max_pixels)
 
     def view_transform(self, tta: str = "none") -> ViewTransform:
         return ViewTransform(tta, self.meta["img_size"], self.meta["mean"], self.meta["std"])
@@ -127,11 +141,10 @@ class Classifier:
         tta: str = "none",
         batch_size: int = 32,
         num_workers: int = 0,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> Iterator[tuple[int, torch.Tensor | str]]:
         """(index, probabilities) per image in order, or (index, reason) for unreadable ones."""
         loader = DataLoader(
-            _Files(paths, self.view_transform(tta), max_pixels),
+            _Files(paths, self.view_transform(tta), self.max_pixels),
             batch_size=1 if tta == "dense" else batch_size,
             num_workers=num_workers,
             collate_fn=_collate,
@@ -147,6 +160,8 @@ class Classifier:
         self, paths: Sequence[str | Path], *, topk: int = 5, tta: str = "none", batch_size: int = 32
     ) -> list[Prediction]:
         """Top-k predictions for each path; unreadable files get ``error`` instead."""
+        if topk < 1:
+            raise ValueError(f"--topk must be at least 1 (got {topk})")
         paths = [Path(p) for p in paths]
         k = min(topk, len(self.classes))
         out: list[Prediction] = []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 
 import torch
@@ -20,7 +19,8 @@ class RandomResizeShorter(torch.nn.Module):
         self.min_size, self.max_size = min_size, max_size
 
     def forward(self, img):  # type: ignore[no-untyped-def]
-        size = random.randint(self.min_size, self.max_size)
+        # torch's RNG (not Python's): data.sampling seeds it per sample
+        size = int(torch.randint(self.min_size, self.max_size + 1, ()).item())
         return v2.functional.resize(img, size, antialias=True)
 
 

@@ -26,11 +26,14 @@ def classification_metrics(
     class_names: Sequence[str],
     topk: int = 5,
 ) -> dict[str, Any]:
-    """Accuracy, top-k accuracy, macro/weighted P/R/F1, per-class P/R/F1/support, log loss."""
+    """Accuracy, top-k accuracy, macro/weighted P/R/F1, per-class P/R/F1/support, log loss.
+
+    Top-k accuracy is left out when ``topk`` is not below the number of classes (it would
+    be 1 by construction).
+    """
     target = torch.as_tensor(np.asarray(y_true), dtype=torch.long)
     p = torch.as_tensor(np.asarray(probs), dtype=torch.float64)
     c = len(class_names)
-    k = min(topk, c)
     kw: dict[str, Any] = {"num_classes": c, "validate_args": False}
     per = {
         name: fn(p, target, average="none", **kw)
@@ -44,9 +47,12 @@ def classification_metrics(
     out: dict[str, Any] = {
         "n": int(target.numel()),
         "accuracy": float(multiclass_accuracy(p, target, average="micro", **kw)),
-        f"top{k}_accuracy": float(multiclass_accuracy(p, target, average="micro", top_k=k, **kw)),
         "loss": float(-torch.log(p[torch.arange(len(target)), target].clamp_min(1e-15)).mean()),
     }
+    if 1 < topk < c:
+        out[f"top{topk}_accuracy"] = float(
+            multiclass_accuracy(p, target, average="micro", top_k=topk, **kw)
+        )
     for avg in ("macro", "weighted"):
         for name, fn in (
             ("precision", multiclass_precision),

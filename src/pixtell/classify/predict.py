@@ -1,0 +1,81 @@
+"""``classify.predict`` and ``classify.sort``: a trained run applied to new images."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from pixtell.classify.predictor import Classifier, Prediction
+from pixtell.classify.sort import SortResult, sort_folder
+from pixtell.data.images import ImageLoadError, is_image_file
+from pixtell.runs import Run
+
+
+def image_paths(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Expand files and folders (their images, sorted, hidden files skipped) into paths."""
+    items = [inputs] if isinstance(inputs, str | Path) else list(inputs)
+    paths: list[Path] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            paths += sorted(
+                p
+                for p in item.iterdir()
+                if p.is_file() and not p.name.startswith(".") and is_image_file(p)
+            )
+        else:
+            paths.append(item)
+    return paths
+
+
+def predict(
+    run: str | Path | Run,
+    images: str | Path | Sequence[str | Path],
+    *,
+    topk: int = 5,
+    tta: str = "none",
+    batch_size: int = 32,
+    max_pixels: int | None = None,
+) -> list[Prediction]:
+    """Top-k predictions per image (files or folders); unreadable files carry ``error``."""
+    if topk < 1:
+        raise ValueError(f"--topk must be at least 1 (got {topk})")
+    clf = Classifier.from_run(run, max_pixels=max_pixels)
+    return clf.predict(image_paths(images), topk=topk, tta=tta, batch_size=batch_size)
+
+
+def sort(
+    inbox: str | Path,
+    *,
+    model: str | Path | Run,
+    out: str | Path,
+    threshold: float = 0.6,
+    others: str = "others",
+    move: bool = False,
+    dry_run: bool = False,
+    recursive: bool = False,
+    batch_size: int = 32,
+    tta: str = "none",
+    max_pixels: int | None = None,
+    progress: bool = True,
+) -> SortResult:
+    """Sort ``inbox`` into ``out/<class>/`` (``out/others/`` below ``threshold``); undoable."""
+    clf = Classifier.from_run(model, max_pixels=max_pixels)
+
+    def predict_fn(paths: list[Path]) -> list[tuple[str, float] | Exception]:
+        return [
+            ImageLoadError(p.path, p.error) if p.error else (p.label, p.probability)
+            for p in clf.predict(paths, topk=1, tta=tta, batch_size=batch_size)
+        ]
+
+    return sort_folder(
+        Path(inbox),
+        predict_fn,
+        Path(out),
+        threshold=threshold,
+        others=others,
+        move=move,
+        dry_run=dry_run,
+        recursive=recursive,
+        batch_size=batch_size,
+        progress=progress and not dry_run,
+    )
