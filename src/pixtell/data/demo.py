@@ -462,3 +462,51 @@ def _write_class_images(
         scene.image.save(root / rel, format="PNG", compress_level=3)
         lines.append(json.dumps(scene.meta(rel), sort_keys=True))
     return lines
+
+
+def make_caption_scenes(
+    out: Path,
+    *,
+    n_images: int = 1500,
+    img_size: int = 64,
+    seed: int = 0,
+    max_objects: int = 3,
+    progress: bool = True,
+) -> Path:
+    """Write captioned scenes in the Flickr8k Kaggle layout: ``out/Images/scene_<i:05d>.png``
+    and ``out/captions.txt`` (CSV, header ``image,caption``, the scene's five captions each).
+
+    Scene ``i`` has 1..``max_objects`` shapes and depends only on ``(seed, i)``. Refuses a
+    non-empty ``out``; ``out`` appears only when complete.
+    """
+    import csv
+
+    from rich.progress import track
+
+    if max_objects < 1 or n_images < 1:
+        raise ValueError("n_images and max_objects must be at least 1")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} exists and is not empty: choose a new folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (work / "Images").mkdir()
+        with open(work / "captions.txt", "w", encoding="utf-8", newline="") as fh:
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow(["image", "caption"])
+            jobs = track(range(n_images), "caption scenes", disable=not progress, transient=True)
+            for i in jobs:
+                rng = np.random.default_rng([seed, i])
+                n_objects = int(rng.integers(1, max_objects + 1))
+                scene = render_scene(rng, img_size=img_size, n_objects=n_objects)
+                name = f"scene_{i:05d}.png"
+                scene.image.save(work / "Images" / name, format="PNG", compress_level=3)
+                writer.writerows([name, caption] for caption in scene.captions)
+        if out.exists():
+            out.rmdir()
+        work.rename(out)
+    finally:
+        if work.exists():
+            shutil.rmtree(work)
+    return out
