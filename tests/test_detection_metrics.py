@@ -442,3 +442,11 @@ def test_confusion_matrix_margins_count_boxes_and_detections(gt, pred, scores) -
     np.testing.assert_array_equal(m[:c].sum(axis=1), np.bincount(gl, minlength=c))
     np.testing.assert_array_equal(m[:, :c].sum(axis=0), np.bincount(pl[ps >= 0.5], minlength=c))
     assert m[c, c] == 0
+
+
+def test_coco_eval_is_quiet_and_keeps_duplicate_names_apart(capsys: pytest.CaptureFixture) -> None:
+    gt, results = random_dataset(5, n_images=8)
+    gt["categories"][1]["name"] = gt["categories"][0]["name"]  # ids 3 and 7 both "car"
+    out = coco_eval(gt, results)
+    assert capsys.readouterr() == ("", "")
+    assert {"car (3)", "car (7)"} <= set(out["per_class"]) and "car" not in out["per_class"]

@@ -93,6 +93,14 @@ def _results_copy(results: Sequence[Mapping[str, Any]], iou_type: str) -> list[d
     return out
 
 
+def _category_names(cats: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Category names as result keys; a name shared by several ids gets its id appended."""
+    names = [str(c.get("name", c["id"])) for c in cats]
+    return [
+        f"{n} ({c['id']})" if names.count(n) > 1 else n for n, c in zip(names, cats, strict=True)
+    ]
+
+
 def _empty_result(names: Sequence[str]) -> dict[str, Any]:
     nan = float("nan")
     return {
@@ -116,9 +124,10 @@ def coco_eval(
     ``map_medium``, ``map_large``, ``mar_1``, ``mar_10``, ``mar_100``, ``mar_small``,
     ``mar_medium``, ``mar_large``; NaN where pycocotools gives -1), ``per_class`` and
     ``per_class_ap50`` (category name -> AP@[.5:.95] / AP@.5, NaN for a class without ground
-    truth) and ``precision_recall`` (category name -> ``{"recall": [...], "precision": [...]}``,
-    COCO's interpolated curve at IoU 0.5, all areas, 100 detections; empty lists for a class
-    without ground truth). Results for unknown categories are ignored, as in pycocotools.
+    truth; a name shared by several ids gets " (id)" appended) and ``precision_recall``
+    (category name -> ``{"recall": [...], "precision": [...]}``, COCO's interpolated curve at
+    IoU 0.5, all areas, 100 detections; empty lists for a class without ground truth).
+    Results for unknown categories are ignored, as in pycocotools.
 
     Raises:
         ValueError: on an unsupported ``iou_type`` or results for images not in ``gt``.
@@ -127,7 +136,7 @@ def coco_eval(
         raise ValueError(f"iou_type must be 'bbox' or 'segm', not {iou_type!r}")
     gt_dict = _ground_truth_copy(gt)
     cats = sorted(gt_dict["categories"], key=lambda c: int(c["id"]))
-    names = [str(c.get("name", c["id"])) for c in cats]
+    names = _category_names(cats)
     image_ids = {int(im["id"]) for im in gt_dict["images"]}
     res = _results_copy(results, iou_type)
     unknown = sorted({r["image_id"] for r in res} - image_ids)
