@@ -24,17 +24,69 @@ app = typer.Typer(
     help="pixtell: train, evaluate, explain and deploy small vision models on your own images.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    # click's plain help wraps at any width; rich's panels truncate flags at 80 columns
+    rich_markup_mode=None,
 )
 classify_app = typer.Typer(
-    help="Image classification: train, evaluate, predict, sort.", no_args_is_help=True
+    help="Image classification: train, evaluate, predict, sort.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(classify_app, name="classify")
-console = Console(highlight=False)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def _option_for(name: str, annotation: Any, description: str) -> tuple[Any, Any]:
+def _console(stderr: bool = False) -> Console:
+    """Lines never wrap (paths and commands stay pasteable); wide tables when piped."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(
+        stderr=stderr,
+        highlight=False,
+        soft_wrap=True,
+        width=None if stream.isatty() else 1000,
+    )
+
+
+console = _console()
+err = _console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from pixtell import __version__
+
+        print(f"pixtell {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """pixtell: train, evaluate, explain and deploy small vision models on your own images."""
+
+
+def _shown_default(field: Any) -> str | bool:
+    """The real default of a settings field, as ``--help`` shows it (False: none to show)."""
+    if field.is_required():
+        return False
+    value = field.get_default(call_default_factory=True)
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list | tuple):
+        return ",".join(map(str, value))
+    return str(value.value if hasattr(value, "value") else value)
+
+
+def _option_for(
+    name: str, annotation: Any, description: str, shown: str | bool = False
+) -> tuple[Any, Any]:
     """(type, typer.Option) for a config field; every default is None = 'not given'."""
     flag = "--" + name.replace("_", "-")
     origin = typing.get_origin(annotation)
@@ -42,11 +94,16 @@ def _option_for(name: str, annotation: Any, description: str) -> tuple[Any, Any]
     if origin in (typing.Union, types.UnionType) and len(args) == 1:
         annotation, origin = args[0], typing.get_origin(args[0])
         args = list(typing.get_args(annotation))
+    # defaults stay None ("not given"), so the real one is written the way click writes its own
+    if origin is list:
+        description += " Repeatable."
+    if shown is not False:
+        description += f" [default: {shown}]"
     if annotation is bool:
         return bool | None, typer.Option(None, f"{flag}/--no-{flag[2:]}", help=description)
     if origin is list:
         # typer takes no list[Literal]: plain strings here, pydantic validates the choices
-        return list[str] | None, typer.Option(None, flag, help=description + " (repeatable)")
+        return list[str] | None, typer.Option(None, flag, help=description)
     return annotation | None, typer.Option(None, flag, help=description)
 
 
@@ -81,14 +138,11 @@ def config_command(
     params, annotations = [], {}
     for fname, field in _fields_own_first(model):
         desc = field.description or ""
-        if field.default is not None and not field.is_required():
-            shown = field.default.value if hasattr(field.default, "value") else field.default
-            desc += f" (default: {shown})"
         if fname in positional:
             ann: Any = Path | None
-            default = typer.Argument(None, help=desc, show_default=False)
+            default = typer.Argument(None, help=desc, show_default=False, metavar=fname.upper())
         else:
-            ann, default = _option_for(fname, field.annotation, desc)
+            ann, default = _option_for(fname, field.annotation, desc, _shown_default(field))
             default.rich_help_panel = panels.get(fname, "Model and data")
         params.append(
             inspect.Parameter(
@@ -123,16 +177,43 @@ def config_command(
 @contextlib.contextmanager
 def _friendly_errors() -> Iterator[None]:
     """Expected user errors become one red line and exit code 2 instead of a traceback
-    (``PIXTELL_DEBUG=1`` shows the traceback)."""
+    (``PIXTELL_DEBUG=1`` shows the traceback); Ctrl-C says what was kept and exits 130."""
+    from pixtell.classify.sort import SortInterrupted
+    from pixtell.engine import TrainingInterrupted
     from pixtell.models import WeightsUnavailableError
 
+    debug = bool(os.environ.get("PIXTELL_DEBUG"))
     try:
         yield
-    except (ValueError, FileNotFoundError, WeightsUnavailableError) as exc:
-        if os.environ.get("PIXTELL_DEBUG"):
+    except TrainingInterrupted as exc:
+        err.print(f"[yellow]interrupted[/]: best weights so far exported to {exc.run.dir}")
+        err.print(f"resume with: {exc.command}")
+        raise typer.Exit(130) from None
+    except SortInterrupted as exc:
+        res = exc.result
+        err.print(f"[yellow]interrupted[/]: {len(res.placements)} files {res.verb} so far")
+        if not res.dry_run and res.placements:
+            err.print(f"undo with: pixtell classify sort --undo {_quote(res.manifest)}")
+        raise typer.Exit(130) from None
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]")
+        raise typer.Exit(130) from None
+    except (ValueError, FileNotFoundError, NotADirectoryError, WeightsUnavailableError) as exc:
+        if debug:
             raise
-        err.print(f"[red]error:[/] {exc}")
+        text = " ".join(str(exc).split())  # always one line
+        err.print(f"[red]error:[/] {text}")
         raise typer.Exit(2) from None
+
+
+def _quote(path: Path | str) -> str:
+    import shlex
+
+    return shlex.quote(str(path))
+
+
+def _dumps(obj: object) -> str:
+    return json.dumps(obj, ensure_ascii=False)
 
 
 # -- classify --------------------------------------------------------------------------------
@@ -171,50 +252,82 @@ TTAOpt = Annotated[
 ]
 
 
+RunArg = Annotated[Path, typer.Argument(help="Run directory (or a file in it).")]
+MaxPixelsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-pixels",
+        min=1,
+        help="Refuse larger images (decompression bombs). Default: the run's own limit.",
+        show_default=False,
+    ),
+]
+RecursiveOpt = Annotated[
+    bool, typer.Option("--recursive", help="Also search sub-folders.", show_default=False)
+]
+
+
 @classify_app.command("evaluate")
 def classify_evaluate(
-    run: Annotated[Path, typer.Argument(help="Run directory (or a file in it).")],
+    run: RunArg,
     data: Annotated[
         Path | None,
         typer.Option(help="Evaluate this DATA/<class>/ folder instead of the run's test split."),
     ] = None,
     tta: TTAOpt = "none",
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 64,
+    max_pixels: MaxPixelsOpt = None,
 ) -> None:
     """Accuracy, top-5, precision/recall/F1, confusion matrix and report.html for a run."""
     from pixtell import classify
 
     with _friendly_errors():
-        res = classify.evaluate(run, data=data, tta=tta, batch_size=batch_size)
+        res = classify.evaluate(
+            run, data=data, tta=tta, batch_size=batch_size, max_pixels=max_pixels
+        )
     console.print(f"report: {res.report}")
+
+
+def _listing_notes(listing: Any, recursive: bool) -> None:
+    """Say what a folder search left out, so nothing is silently ignored."""
+    if listing.not_searched and not recursive:
+        err.print(
+            f"[yellow]note[/]: {listing.not_searched} images in sub-folders were not searched "
+            "(add --recursive)"
+        )
+    for path in listing.symlinks:
+        err.print(f"[yellow]skipped[/] {path}: symbolic link (pass the file it points to)")
+    for folder, reason in listing.unreadable:
+        err.print(f"[yellow]skipped[/] {folder}: {reason}")
 
 
 @classify_app.command("predict")
 def classify_predict(
-    run: Annotated[Path, typer.Argument(help="Run directory (or a file in it).")],
+    run: RunArg,
     images: Annotated[list[Path], typer.Argument(help="Image files and/or folders.")],
-    topk: Annotated[int, typer.Option(help="Classes to show per image.")] = 5,
+    topk: Annotated[int, typer.Option(min=1, help="Classes to show per image.")] = 5,
     tta: TTAOpt = "none",
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    recursive: RecursiveOpt = False,
+    max_pixels: MaxPixelsOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per line.", show_default=False)
+    ] = False,
 ) -> None:
     """Predict the class of images: a table, or JSON lines with --json."""
     from pixtell import classify
 
     with _friendly_errors():
-        preds = classify.predict(run, images, topk=topk, tta=tta)
+        listing = classify.image_listing(images, recursive=recursive)
+        _listing_notes(listing, recursive)
+        preds = classify.predict(
+            run, listing.paths + listing.missing, topk=topk, tta=tta, max_pixels=max_pixels
+        )
     if as_json:
         for p in preds:
-            print(
-                json.dumps(
-                    {
-                        "path": str(p.path),
-                        "error": p.error,
-                        "topk": [{"class": c, "probability": round(v, 6)} for c, v in p.topk],
-                    }
-                )
-            )
+            topk_list = [{"class": c, "probability": round(v, 6)} for c, v in p.topk]
+            print(_dumps({"path": str(p.path), "error": p.error, "topk": topk_list}))
     else:
-        table = Table("image", "prediction", "probability", f"top-{topk}")
+        table = Table("image", "prediction", "probability", f"next {topk - 1}" if topk > 1 else "")
         for p in preds:
             if p.error:
                 table.add_row(str(p.path), "[red]unreadable[/]", "", p.error)
@@ -243,10 +356,19 @@ def classify_sort(
     ] = 0.6,
     others: Annotated[str, typer.Option(help="Folder for unsure images.")] = "others",
     move: Annotated[
-        bool, typer.Option("--move/--copy", help="Move files (default: copy).")
+        bool, typer.Option("--move/--copy", help="Move files instead of copying them.")
     ] = False,
-    dry_run: Annotated[bool, typer.Option(help="Show what would happen; touch nothing.")] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="List each file's class and probability; touch nothing.",
+            show_default=False,
+        ),
+    ] = False,
+    recursive: RecursiveOpt = False,
     tta: TTAOpt = "none",
+    max_pixels: MaxPixelsOpt = None,
     undo: Annotated[
         Path | None,
         typer.Option(help="Undo a sort: put every file of this sort-manifest.jsonl back."),
@@ -265,8 +387,16 @@ def classify_sort(
             for path, reason in res.problems:
                 err.print(f"[yellow]problem[/] {path}: {reason}")
             raise typer.Exit(1 if res.problems else 0)
-        if inbox is None or model is None or out is None:
-            raise ValueError("sorting needs INBOX, --model RUN and --out DIR (or --undo MANIFEST)")
+        missing = [
+            name
+            for name, value in (("INBOX", inbox), ("--model RUN", model), ("--out DIR", out))
+            if value is None
+        ]
+        if missing:
+            raise ValueError(
+                f"sorting needs {' and '.join(missing)} (usage: pixtell classify sort INBOX "
+                "--model RUN --out DIR; or --undo MANIFEST)"
+            )
         res = classify.sort(
             inbox,
             model=model,
@@ -275,21 +405,27 @@ def classify_sort(
             others=others,
             move=move,
             dry_run=dry_run,
+            recursive=recursive,
             tta=tta,
+            max_pixels=max_pixels,
         )
     if res.dry_run:
-        for src, dest in res.placements:
-            console.print(f"{src} → {dest}")
-    table = Table("folder", "images", title="would sort" if res.dry_run else "sorted")
+        for p in res.placements:
+            console.print(f"{p.source} → {p.destination}  ({p.label} {p.probability:.3f})")
+    table = Table("folder", "images", title=res.verb)
     for name, n in sorted(res.counts.items()):
         table.add_row(name, str(n))
     console.print(table)
+    if res.not_searched and not recursive:
+        err.print(
+            f"[yellow]note[/]: {res.not_searched} images in sub-folders were not searched "
+            "(add --recursive)"
+        )
     for path, reason in res.skipped:
         err.print(f"[yellow]skipped[/] {path}: {reason}")
     if not res.dry_run:
-        console.print(
-            f"manifest: {res.manifest} (undo: pixtell classify sort --undo {res.manifest})"
-        )
+        console.print(f"{sum(res.counts.values())} files {res.verb}; manifest: {res.manifest}")
+        console.print(f"undo with: pixtell classify sort --undo {_quote(res.manifest)}")
 
 
 # -- shared commands -------------------------------------------------------------------------

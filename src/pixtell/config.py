@@ -35,7 +35,7 @@ class TrainerSettings(Settings):
     devices: str = Field("1", description="Number of devices (or 'auto').")
     strategy: str = Field("auto", description="Lightning strategy, e.g. ddp (works on CPU).")
     num_workers: int | None = Field(
-        None, ge=0, description="DataLoader workers (default: number of CPUs - 1, at most 4)."
+        None, ge=0, description="DataLoader workers [default: number of CPUs - 1, at most 4]"
     )
     logger: list[Literal["tensorboard", "wandb", "mlflow", "none"]] = Field(
         default_factory=lambda: ["tensorboard"],
@@ -45,7 +45,7 @@ class TrainerSettings(Settings):
         None, ge=1, description="Also keep a checkpoint every N optimizer steps."
     )
     out: Path = Field(Path("runs"), description="Parent folder of run directories.")
-    name: str | None = Field(None, description="Run name (default: the model name, numbered).")
+    name: str | None = Field(None, description="Run name [default: the model name, numbered]")
     progress: bool = Field(True, description="Show progress bars.")
     verbose: bool = Field(False, description="Also show Lightning's own messages.")
 
@@ -61,10 +61,10 @@ class ClassifyTrainConfig(TrainerSettings):
     data: Path = Field(description="Folder of class folders (DATA/<class>/<image>).")
     model: str = Field("mobilenet_v3_small", description="Architecture (see `pixtell models`).")
     pretrained: bool | None = Field(
-        None, description="Start from ImageNet weights (default: when the model has them)."
+        None, description="Start from ImageNet weights [default: when the model has them]"
     )
     weights: Path | None = Field(None, description="Start from a local .safetensors/state dict.")
-    img_size: int | None = Field(None, ge=8, description="Input size (default: the model's).")
+    img_size: int | None = Field(None, ge=8, description="Input size [default: the model's]")
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="adamw or sgd.")
     lr: float = Field(3e-3, gt=0, description="Peak learning rate.")
     weight_decay: float = Field(0.05, ge=0, description="Weight decay (not on norms/biases).")
@@ -83,7 +83,7 @@ class ClassifyTrainConfig(TrainerSettings):
     )
     fine_tune_epochs: int = Field(0, ge=0, description="Stage 2: epochs with everything unfrozen.")
     fine_tune_lr: float | None = Field(
-        None, gt=0, description="Stage-2 peak LR (default: --lr / 10)."
+        None, gt=0, description="Stage-2 peak LR [default: --lr / 10]"
     )
     label_smoothing: float = Field(0.1, ge=0, lt=1, description="Label smoothing of the loss.")
     balance: Literal["none", "weights", "sampler"] = Field(

@@ -397,7 +397,10 @@ def train(
             given = read_settings_file(Path(config_file))
             source = dict.fromkeys(given, str(config_file))
         given.update(overrides)
-        cfg, changes = resume_settings(recipe, recorded, given, source)
+        if joined:  # a DDP worker: the launcher has validated and written the settings
+            cfg, changes = recorded, {}
+        else:
+            cfg, changes = resume_settings(recipe, recorded, given, source)
         if resume is not None:
             ckpt = run_dir / LAST_CKPT
             if not ckpt.is_file():
@@ -445,6 +448,8 @@ def train(
         steps_per_epoch=recipe.steps_per_epoch(cfg, data),
     )
     share_cpus(getattr(dm, "num_workers", 0))
+    if trainer.world_size > 1 and not joined:
+        console.print(f"distributed over {trainer.world_size} processes ({cfg.strategy})")
     started = time.time()
     with _joinable(run_dir):
         interrupted = _fit(trainer, module, dm, ckpt)

@@ -1,7 +1,7 @@
 """Image classification: ``train``, ``evaluate``, ``predict``, ``sort`` (and ``undo_sort``)."""
 
 from pixtell.classify.evaluate import EvalResult, evaluate
-from pixtell.classify.predict import image_paths, predict, sort
+from pixtell.classify.predict import image_listing, image_paths, predict, sort
 from pixtell.classify.predictor import Classifier, Prediction
 from pixtell.classify.sort import SortResult, UndoResult, undo_sort
 from pixtell.classify.train import ClassifyRecipe, train
@@ -18,6 +18,7 @@ __all__ = [
     "TrainingInterrupted",
     "UndoResult",
     "evaluate",
+    "image_listing",
     "image_paths",
     "predict",
     "sort",

@@ -7,24 +7,34 @@ from pathlib import Path
 
 from pixtell.classify.predictor import Classifier, Prediction
 from pixtell.classify.sort import SortResult, sort_folder
-from pixtell.data.images import ImageLoadError, is_image_file
+from pixtell.data.folders import ImageListing, list_images
+from pixtell.data.images import ImageLoadError
 from pixtell.runs import Run
 
 
-def image_paths(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
-    """Expand files and folders (their images, sorted, hidden files skipped) into paths."""
+def image_listing(
+    inputs: str | Path | Sequence[str | Path], *, recursive: bool = False
+) -> ImageListing:
+    """Files and folders → the images to use, in the order given (a folder's sorted), plus
+    what was left out (sub-folders not searched, symlinks, missing inputs)."""
     items = [inputs] if isinstance(inputs, str | Path) else list(inputs)
-    paths: list[Path] = []
-    for item in map(Path, items):
-        if item.is_dir():
-            paths += sorted(
-                p
-                for p in item.iterdir()
-                if p.is_file() and not p.name.startswith(".") and is_image_file(p)
-            )
-        else:
-            paths.append(item)
-    return paths
+    combined = ImageListing()
+    for item in items:
+        part = list_images(item, recursive=recursive)
+        combined.paths += part.paths
+        combined.not_searched += part.not_searched
+        combined.symlinks += part.symlinks
+        combined.missing += part.missing
+        combined.unreadable += part.unreadable
+    return combined
+
+
+def image_paths(
+    inputs: str | Path | Sequence[str | Path], *, recursive: bool = False
+) -> list[Path]:
+    """The images named by files and folders; missing files are kept (they get an error)."""
+    listing = image_listing(inputs, recursive=recursive)
+    return listing.paths + listing.missing
 
 
 def predict(
@@ -34,13 +44,16 @@ def predict(
     topk: int = 5,
     tta: str = "none",
     batch_size: int = 32,
+    recursive: bool = False,
     max_pixels: int | None = None,
 ) -> list[Prediction]:
     """Top-k predictions per image (files or folders); unreadable files carry ``error``."""
     if topk < 1:
         raise ValueError(f"--topk must be at least 1 (got {topk})")
     clf = Classifier.from_run(run, max_pixels=max_pixels)
-    return clf.predict(image_paths(images), topk=topk, tta=tta, batch_size=batch_size)
+    return clf.predict(
+        image_paths(images, recursive=recursive), topk=topk, tta=tta, batch_size=batch_size
+    )
 
 
 def sort(
