@@ -191,6 +191,24 @@ def test_coco_json_file_or_annotations_folder(tmp_path: Path) -> None:
     assert by_file.root == root.absolute()
 
 
+def test_coco_split_files_and_unreadable_image(tmp_path: Path) -> None:
+    root = make_coco(tmp_path / "c3", json_name="annotations/instances_train.json")
+    val = json.loads((root / "annotations" / "instances_train.json").read_text())
+    _image(root / "images" / "s.png", (96, 64))
+    val["images"] = [{"id": 1, "file_name": "s.png", "width": 96, "height": 64}]
+    val["annotations"] = [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [1, 2, 3, 4]}]
+    (root / "annotations" / "instances_val.json").write_text(json.dumps(val))
+    (root / "images" / "p.png").write_bytes(b"not a png at all")
+    ds = load_dataset(root)
+    assert sorted((img.path.name, img.split) for img in ds.images) == [
+        ("q.png", "train"),
+        ("r.png", "train"),
+        ("s.png", "val"),
+    ]
+    assert _by_name(ds)["s.png"].labels.tolist() == [1]  # categories shared by both files
+    assert "p.png :: not an image Pillow can read" in _problems(ds)
+
+
 def test_malformed_coco_json_is_named_and_skipped(tmp_path: Path) -> None:
     root = tmp_path / "bad"
     root.mkdir()
