@@ -9,10 +9,15 @@ BLEU-1..4, ROUGE-L and CIDEr(-D) equal pycocoevalcap's ``Bleu(4)``, ``Rouge`` an
 from __future__ import annotations
 
 import functools
+import math
 import re
-from collections.abc import Callable
+import shutil
+import warnings
+from collections.abc import Callable, Hashable, Mapping, Sequence
 
-__all__ = ["PUNCTUATIONS", "tokenize"]
+import numpy as np
+
+__all__ = ["PUNCTUATIONS", "perplexity", "per_image_scores", "score", "tokenize"]
 
 # pycocoevalcap removes these tokens after CoreNLP. It compares the *lower-cased* tokens, so
 # "-LRB-" never matches "-lrb-" and bracket tokens survive; we keep that quirk.
@@ -222,5 +227,319 @@ def tokenize(text: str) -> list[str]:
 
     Lower-cased, punctuation tokens dropped, contractions split ("don't" -> "do", "n't").
     """
-    text = _FRAC_SPACE.sub(rf"\1{_NBSP_JOIN}", text)
-    return [t for chunk in _SPACES.split(text) if chunk for t in _chunk_tokens(chunk)]
+    if "/" in text or "\u2044" in text:
+        text = _FRAC_SPACE.sub(rf"\1{_NBSP_JOIN}", text)
+    chunks = text.split() if text.isascii() and "\x00" not in text else _SPACES.split(text)
+    return [t for chunk in chunks if chunk for t in _chunk_tokens(chunk)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Scores. pycocoevalcap's scorers loop over Python dicts per image and per reference; here the
+# n-grams of all captions become integer ids once and every statistic is a numpy group-by.
+# ---------------------------------------------------------------------------------------------
+
+_N = 4
+_SIGMA = 6.0  # CIDEr-D's Gaussian length penalty
+_BETA = 1.2  # ROUGE-L's recall weight
+_TINY, _SMALL = 1e-15, 1e-9  # BLEU's smoothing constants, as in pycocoevalcap's bleu_scorer
+
+
+def _check(
+    references: Mapping[Hashable, Sequence[str]], candidates: Mapping[Hashable, str]
+) -> list[Hashable]:
+    ids = list(candidates)
+    if set(ids) != set(references):
+        missing = set(ids) ^ set(references)
+        raise ValueError(f"references and candidates must have the same ids; differ on {missing}")
+    for i in ids:
+        refs = references[i]
+        if isinstance(refs, str) or len(refs) == 0:
+            raise ValueError(f"image {i!r}: references must be a non-empty list of strings")
+    return ids
+
+
+def _group_max(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unique keys (sorted) and the largest value of each."""
+    if len(keys) == 0:
+        return keys, values
+    order = np.lexsort((values, keys))
+    k, v = keys[order], values[order]
+    last = np.r_[k[1:] != k[:-1], True]
+    return k[last], v[last]
+
+
+def _lookup(table_keys: np.ndarray, table_values: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """table_values at keys (table_keys sorted, unique); 0 where a key is absent."""
+    if len(table_keys) == 0:
+        return np.zeros(len(keys), dtype=table_values.dtype)
+    pos = np.minimum(np.searchsorted(table_keys, keys), len(table_keys) - 1)
+    return np.where(table_keys[pos] == keys, table_values[pos], 0)
+
+
+class _Stats:
+    """Per-image BLEU (1..4), ROUGE-L and CIDEr-D of tokenized captions, plus corpus BLEU."""
+
+    def __init__(self, hyps: list[str], refs: list[list[str]]) -> None:
+        n_img = len(hyps)
+        n_ref = np.array([len(r) for r in refs], dtype=np.int64)
+        sents = hyps + [r for rs in refs for r in rs]  # candidates first, then all references
+        # sentence -> image, and the first reference sentence of each image
+        self.img = np.r_[np.arange(n_img), np.repeat(np.arange(n_img), n_ref)]
+        self.ref_start = n_img + np.r_[0, np.cumsum(n_ref)[:-1]]
+        self.n_img, self.n_ref = n_img, n_ref
+        words = [s.split() for s in sents]  # BLEU and CIDEr split like this ...
+        self.lens = np.array([len(w) for w in words], dtype=np.int64)
+        vocab: dict[str, int] = {}
+        flat = np.array([vocab.setdefault(t, len(vocab)) for w in words for t in w], np.int64)
+        sent_of_tok = np.repeat(np.arange(len(sents)), self.lens)
+        end_of_tok = np.repeat(np.cumsum(self.lens), self.lens)
+        self.rouge = self._rouge(sents, n_img, n_ref)  # ... and ROUGE-L like this
+        self.correct = np.zeros((_N, n_img))
+        self.cider = np.zeros((_N, n_img))
+        base = max(len(vocab), 1)
+        for n in range(1, _N + 1):
+            pos = np.flatnonzero(np.arange(len(flat)) + n <= end_of_tok)
+            if base**n < 2**62:  # the n-gram as one base-|vocab| integer
+                code = np.zeros(len(pos), dtype=np.int64)
+                for k in range(n):
+                    code = code * base + flat[pos + k]
+                _, gram = np.unique(code, return_inverse=True)
+            else:
+                cols = np.stack([flat[pos + k] for k in range(n)], axis=1)
+                _, gram = np.unique(cols, axis=0, return_inverse=True)
+            self._ngram_stats(n, sent_of_tok[pos], gram.reshape(-1).astype(np.int64))
+        self._bleu()
+
+    def _ngram_stats(self, n: int, sent: np.ndarray, gram: np.ndarray) -> None:
+        n_img, n_sent = self.n_img, len(self.lens)
+        n_gram = int(gram.max()) + 1 if len(gram) else 1
+        pair, count = np.unique(sent * n_gram + gram, return_counts=True)  # (sentence, n-gram)
+        p_sent, p_gram = pair // n_gram, pair % n_gram
+        is_ref = p_sent >= n_img
+        # BLEU: candidate counts clipped by the largest count in any one reference
+        ref_key = self.img[p_sent[is_ref]] * n_gram + p_gram[is_ref]
+        max_key, max_count = _group_max(ref_key, count[is_ref])
+        hyp_sent, hyp_gram, hyp_count = p_sent[~is_ref], p_gram[~is_ref], count[~is_ref]
+        clip = np.minimum(hyp_count, _lookup(max_key, max_count, hyp_sent * n_gram + hyp_gram))
+        self.correct[n - 1] = np.bincount(hyp_sent, clip, minlength=n_img)
+        # CIDEr-D: idf from the number of images whose references hold the n-gram
+        df = np.bincount(max_key % n_gram, minlength=n_gram)
+        weight = np.log(float(n_img)) - np.log(np.maximum(1.0, df))
+        vec = count * weight[p_gram]
+        norm = np.sqrt(np.bincount(p_sent, vec**2, minlength=n_sent))
+        # every candidate n-gram against each reference of its image
+        reps = self.n_ref[hyp_sent]
+        h_sent, h_gram = np.repeat(hyp_sent, reps), np.repeat(hyp_gram, reps)
+        h_vec = np.repeat(vec[~is_ref], reps)
+        offset = np.arange(len(h_sent)) - np.repeat(np.cumsum(reps) - reps, reps)
+        r_sent = self.ref_start[h_sent] + offset
+        r_vec = _lookup(pair, vec, r_sent * n_gram + h_gram)
+        num = np.bincount(r_sent, np.minimum(h_vec, r_vec) * r_vec, minlength=n_sent)[n_img:]
+        num = num.astype(float)  # bincount of no weights is int
+        ref_img = self.img[n_img:]
+        den = norm[ref_img] * norm[n_img:]
+        val = np.divide(num, den, out=num.copy(), where=den != 0)
+        # pycocoevalcap's "length" counts bigrams (its n == 1 is the 2-gram index)
+        blen = np.maximum(self.lens - 1, 0).astype(float)
+        delta = blen[ref_img] - blen[n_img:]
+        val *= np.exp(-(delta**2) / (2 * _SIGMA**2))
+        self.cider[n - 1] = np.bincount(ref_img, val, minlength=n_img)
+
+    def _bleu(self) -> None:
+        n_img = self.n_img
+        testlen = self.lens[:n_img]
+        ref_img, ref_len = self.img[n_img:], self.lens[n_img:]
+        # "closest" reference length; ties go to the shorter reference
+        key = np.abs(ref_len - testlen[ref_img]) * (ref_len.max() + 1) + ref_len
+        best = np.full(n_img, np.iinfo(np.int64).max)
+        np.minimum.at(best, ref_img, key)
+        self.reflen = best % (ref_len.max() + 1)
+        self.guess = np.maximum(testlen[None, :] - np.arange(_N)[:, None], 0)
+
+    @staticmethod
+    def _rouge(sents: list[str], n_img: int, n_ref: np.ndarray) -> np.ndarray:
+        hyp_tokens = [s.split(" ") for s in sents[:n_img]]
+        ref_tokens = [s.split(" ") for s in sents[n_img:]]
+        ref_img = np.repeat(np.arange(n_img), n_ref)
+        lcs = _lcs_batch(hyp_tokens, ref_tokens, ref_img)
+        prec = lcs / np.array([len(h) for h in hyp_tokens], dtype=float)[ref_img]
+        rec = lcs / np.array([len(r) for r in ref_tokens], dtype=float)
+        p = np.zeros(n_img)
+        r = np.zeros(n_img)
+        np.maximum.at(p, ref_img, prec)
+        np.maximum.at(r, ref_img, rec)
+        den = r + _BETA**2 * p
+        f = np.divide((1 + _BETA**2) * p * r, den, out=np.zeros(n_img), where=(p > 0) & (r > 0))
+        return f
+
+    def bleu_per_image(self) -> np.ndarray:
+        """(4, n_img) per-image BLEU-1..4 as pycocoevalcap's per-image lists give them."""
+        frac = (self.correct + _TINY) / (self.guess + _SMALL)
+        bleu = np.cumprod(frac, axis=0) ** (1.0 / np.arange(1, _N + 1))[:, None]
+        ratio = (self.lens[: self.n_img] + _TINY) / (self.reflen + _SMALL)
+        return bleu * np.where(ratio < 1, np.exp(1 - 1 / ratio), 1.0)
+
+    def bleu_corpus(self) -> np.ndarray:
+        """Corpus BLEU-1..4 (summed clipped counts, summed closest reference lengths)."""
+        frac = (self.correct.sum(1) + _TINY) / (self.guess.sum(1) + _SMALL)
+        bleu = np.cumprod(frac) ** (1.0 / np.arange(1, _N + 1))
+        ratio = (self.lens[: self.n_img].sum() + _TINY) / (self.reflen.sum() + _SMALL)
+        return bleu * (math.exp(1 - 1 / ratio) if ratio < 1 else 1.0)
+
+    def cider_per_image(self) -> np.ndarray:
+        return self.cider.mean(axis=0) / self.n_ref * 10.0
+
+
+def _lcs_batch(hyps: list[list[str]], refs: list[list[str]], ref_img: np.ndarray) -> np.ndarray:
+    """LCS length of each reference with its image's candidate.
+
+    The bit-parallel recurrence of ``_lcs`` on uint64 columns, all pairs at once, for
+    candidates and references up to 63 tokens; longer pairs go through ``_lcs``.
+    """
+    vocab: dict[str, int] = {}
+    h_len = np.array([len(h) for h in hyps], dtype=np.int64)
+    r_len = np.array([len(r) for r in refs], dtype=np.int64)
+    out = np.zeros(len(refs), dtype=np.int64)
+    short = (h_len[ref_img] <= 63) & (r_len <= 63)
+    for j in np.flatnonzero(~short):
+        out[j] = _lcs(hyps[ref_img[j]], refs[j])
+    idx = np.flatnonzero(short)
+    if len(idx) == 0:
+        return out
+    lh, lr = int(h_len[ref_img[idx]].max()), int(r_len[idx].max())
+    hm = np.full((len(hyps), lh), -1, dtype=np.int64)
+    for i, h in enumerate(hyps):
+        if len(h) <= 63:
+            hm[i, : len(h)] = [vocab.setdefault(t, len(vocab)) for t in h]
+    rm = np.full((len(idx), lr), -2, dtype=np.int64)
+    for row, j in enumerate(idx):
+        rm[row, : r_len[j]] = [vocab.setdefault(t, len(vocab)) for t in refs[j]]
+    bits = np.left_shift(np.uint64(1), np.arange(lh, dtype=np.uint64))
+    for start in range(0, len(idx), 4096):  # bounded memory: 4096 x lr x lh booleans
+        sl = slice(start, start + 4096)
+        eq = rm[sl, :, None] == hm[ref_img[idx[sl]]][:, None, :]
+        masks = np.bitwise_or.reduce(np.where(eq, bits, np.uint64(0)), axis=2)
+        full = np.left_shift(np.uint64(1), h_len[ref_img[idx[sl]]].astype(np.uint64))
+        full -= np.uint64(1)
+        v = full.copy()
+        for col in range(lr):
+            u = v & masks[:, col]
+            v = ((v + u) | (v - u)) & full
+        out[idx[sl]] = h_len[ref_img[idx[sl]]] - np.bitwise_count(v)
+    return out
+
+
+def _lcs(a: list[str], b: list[str]) -> int:
+    """Longest common subsequence length, bit-parallel (Allison-Dix / Hyyro) on Python ints.
+
+    The bit-vector form runs one big-int step per token of ``b`` instead of len(a) * len(b)
+    Python steps; no installed library computes token LCS.
+    """
+    masks: dict[str, int] = {}
+    for i, t in enumerate(a):
+        masks[t] = masks.get(t, 0) | (1 << i)
+    full = (1 << len(a)) - 1
+    v = full
+    for t in b:
+        u = v & masks.get(t, 0)
+        v = ((v + u) | (v - u)) & full
+    return len(a) - v.bit_count()
+
+
+def _tokenized(
+    references: Mapping[Hashable, Sequence[str]], candidates: Mapping[Hashable, str]
+) -> tuple[list[Hashable], list[str], list[list[str]]]:
+    ids = _check(references, candidates)
+    hyps = [" ".join(tokenize(candidates[i])) for i in ids]
+    refs = [[" ".join(tokenize(r)) for r in references[i]] for i in ids]
+    return ids, hyps, refs
+
+
+_meteor_warned = False
+
+
+def _warn_no_meteor(reason: str) -> None:
+    global _meteor_warned
+    if not _meteor_warned:
+        _meteor_warned = True
+        warnings.warn(f"METEOR left out: {reason}", RuntimeWarning, stacklevel=3)
+
+
+def _meteor(ids: list[Hashable], hyps: list[str], refs: list[list[str]]) -> float | None:
+    """pycocoevalcap's own Java METEOR 1.5 on the tokenized captions, or None (warned once)."""
+    if shutil.which("java") is None:
+        _warn_no_meteor("java is not installed")
+        return None
+    try:
+        from pycocoevalcap.meteor.meteor import Meteor
+    except ImportError:
+        _warn_no_meteor("pycocoevalcap is not installed (pip install 'pixtell[meteor]')")
+        return None
+    try:
+        m = Meteor()
+        try:
+            value, _ = m.compute_score(
+                {k: refs[j] for j, k in enumerate(ids)}, {k: [hyps[j]] for j, k in enumerate(ids)}
+            )
+        finally:
+            del m
+    except Exception as e:  # a failed Java run must not lose the other metrics
+        _warn_no_meteor(f"the METEOR jar failed ({e})")
+        return None
+    return float(value)
+
+
+def score(
+    references: Mapping[Hashable, Sequence[str]],
+    candidates: Mapping[Hashable, str],
+    *,
+    meteor: bool | None = None,
+    nist: bool = False,
+) -> dict[str, float]:
+    """COCO caption metrics of one candidate per image against all its references.
+
+    Returns Bleu_1..Bleu_4, ROUGE_L, CIDEr (CIDEr-D) on pycocoevalcap's 0-1 scale (CIDEr x10),
+    METEOR when Java and pycocoevalcap are there (``meteor=None``) or asked for, and NIST_2 /
+    NIST_4 (nltk) with ``nist=True``. Raw strings in; they are tokenized with ``tokenize``.
+    """
+    ids, hyps, refs = _tokenized(references, candidates)
+    if not ids:
+        raise ValueError("no images to score")
+    st = _Stats(hyps, refs)
+    out = {f"Bleu_{k + 1}": float(v) for k, v in enumerate(st.bleu_corpus())}
+    if meteor is not False:
+        m = _meteor(ids, hyps, refs)
+        if m is not None:
+            out["METEOR"] = m
+    out["ROUGE_L"] = float(st.rouge.mean())
+    out["CIDEr"] = float(st.cider_per_image().mean())
+    if nist:
+        from nltk.translate.nist_score import corpus_nist
+
+        ref_words = [[r.split() for r in rs] for rs in refs]
+        hyp_words = [h.split() for h in hyps]
+        for n in (2, 4):
+            out[f"NIST_{n}"] = float(corpus_nist(ref_words, hyp_words, n=n))
+    return out
+
+
+def per_image_scores(
+    references: Mapping[Hashable, Sequence[str]], candidates: Mapping[Hashable, str]
+) -> dict[Hashable, dict[str, float]]:
+    """Per-image Bleu_4, ROUGE_L and CIDEr, equal to pycocoevalcap's per-image lists."""
+    ids, hyps, refs = _tokenized(references, candidates)
+    if not ids:
+        return {}
+    st = _Stats(hyps, refs)
+    bleu4, cider = st.bleu_per_image()[_N - 1], st.cider_per_image()
+    return {
+        k: {"Bleu_4": float(bleu4[j]), "ROUGE_L": float(st.rouge[j]), "CIDEr": float(cider[j])}
+        for j, k in enumerate(ids)
+    }
+
+
+def perplexity(nll_sum: float, n_tokens: int) -> float:
+    """exp(mean negative log-likelihood per token), from a summed NLL in nats."""
+    if n_tokens <= 0:
+        raise ValueError("perplexity needs at least one token")
+    return math.exp(nll_sum / n_tokens)
