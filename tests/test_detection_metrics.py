@@ -24,14 +24,16 @@ pycoco = pytest.importorskip("pycocotools.cocoeval")
 from pycocotools.coco import COCO  # noqa: E402
 
 
-def reference(gt: dict, results: list[dict]) -> tuple[np.ndarray, dict, dict, dict]:
+def reference(
+    gt: dict, results: list[dict], iou_type: str = "bbox"
+) -> tuple[np.ndarray, dict, dict, dict]:
     """pycocotools' 12 stats (-1 as NaN), per-class AP, AP50 and precision at IoU .5 by name."""
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = copy.deepcopy(gt)
         coco_gt.createIndex()
         coco_dt = coco_gt.loadRes(copy.deepcopy(results))
-        ev = pycoco.COCOeval(coco_gt, coco_dt, "bbox")
+        ev = pycoco.COCOeval(coco_gt, coco_dt, iou_type)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
@@ -144,6 +146,33 @@ def test_coco_eval_equals_pycocotools(seed: int, round_scores: bool, crowd: bool
     pr = ours["precision_recall"]["car"]
     assert pr["recall"] == pytest.approx(np.linspace(0, 1, 101))
     np.testing.assert_allclose(pr["precision"], curve["car"], atol=1e-12)
+
+
+def test_segm_equals_pycocotools() -> None:
+    from pycocotools import mask as mask_utils
+
+    gt, results = random_dataset(6, n_images=15)
+    size = {im["id"]: (im["height"], im["width"]) for im in gt["images"]}
+
+    def polygon(b: list[float]) -> list[list[float]]:
+        x, y, w, h = b
+        return [[x, y, x + w, y, x + w, y + h, x, y + h]]
+
+    for a in gt["annotations"]:
+        a["segmentation"] = polygon(a["bbox"])
+    masks = []
+    for r in results:
+        rle = mask_utils.merge(mask_utils.frPyObjects(polygon(r["bbox"]), *size[r["image_id"]]))
+        rle["counts"] = rle["counts"].decode()
+        masks.append(
+            {**{k: r[k] for k in ("image_id", "category_id", "score")}, "segmentation": rle}
+        )
+    ours = coco_eval(gt, masks, iou_type="segm")
+    stats, ap, *_ = reference(gt, masks, "segm")
+    for name, ref in zip(STAT_NAMES, stats, strict=True):
+        assert_same(ours[name], ref)
+    for name in ap:
+        assert_same(ours["per_class"][name], ap[name])
 
 
 def test_coco_eval_does_not_modify_its_inputs() -> None:

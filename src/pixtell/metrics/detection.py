@@ -169,7 +169,7 @@ def coco_eval(
         per_class[name] = float(p[valid].mean()) if has_gt else float("nan")
         per_class_ap50[name] = float(p[0][valid[0]].mean()) if valid[0].any() else float("nan")
         curves[name] = {
-            "recall": recall_thresholds if has_gt else [],
+            "recall": list(recall_thresholds) if has_gt else [],
             "precision": [float(v) for v in p[0]] if has_gt else [],
         }
     out.update(per_class=per_class, per_class_ap50=per_class_ap50, precision_recall=curves)
