@@ -269,6 +269,10 @@ def test_to_coco_round_trips_boxes_labels_and_images() -> None:
         pred_scores=as_t[4],
     )
     assert gt_t == gt and res_t == res
+    # half-precision tensors (mixed-precision validation) convert too
+    gt_h, _ = to_coco(images, names, [t.to(torch.bfloat16) for t in as_t[0]], as_t[1])
+    got = np.array([a["bbox"] for a in gt_h["annotations"]])
+    np.testing.assert_allclose(got, [a["bbox"] for a in gt["annotations"]], rtol=0.02, atol=1)
 
 
 def test_to_coco_perfect_predictions_score_one() -> None:

@@ -181,7 +181,8 @@ def _as_numpy(x: ArrayLike | None, dtype: type, shape: tuple[int, ...]) -> np.nd
     if x is None:
         return np.zeros((0, *shape[1:]), dtype=dtype)
     if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        x = (x.double() if x.is_floating_point() else x).numpy()  # numpy has no bfloat16
     return np.asarray(x, dtype=dtype).reshape(shape)
 
 
