@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pixtell.metrics import caption as cm
-from pixtell.metrics.caption import per_image_scores, perplexity, score, tokenize
+from pixtell.metrics.caption import per_image_scores, perplexity, score, tokenize, tokenize_batch
 
 ptb = pytest.importorskip("pycocoevalcap.tokenizer.ptbtokenizer")
 from pycocoevalcap.bleu.bleu import Bleu  # noqa: E402
@@ -53,6 +53,10 @@ HAND_PICKED = [
     "A&W root beer at AT&T; a&b and/or x+y=z * 2 # 1 @home ~ ^",
     "1990s '90s 4x4 3d 2-3 co-op re-enter self-driving red-and-white",
     "what?! no!!! yes... ok:] hmm;) fine =) dog.the cat,the",
+    "a sign with the letter a.",  # "a." splits when the next line opens a sentence ...
+    "The dog sits. He waits for plan b.",
+    "Two cats on a.",  # ... but not before "Two"
+    "Two dogs",
 ]
 
 _WORDS = str.split(
@@ -96,7 +100,8 @@ def coco_tokenize(captions: list[str]) -> list[str]:
 def test_tokenize_equals_ptbtokenizer() -> None:
     corpus = HAND_PICKED + _random_captions(1500, seed=0)
     want = coco_tokenize(corpus)
-    got = [" ".join(tokenize(c)) for c in corpus]
+    got = [" ".join(t) for t in tokenize_batch(corpus)]
+    assert got[-1] == " ".join(tokenize(corpus[-1]))  # the last line has no next line
     bad = [(c, w, g) for c, w, g in zip(corpus, want, got, strict=True) if w != g]
     assert not bad, f"{len(bad)} differ, first: {bad[:3]}"
 
@@ -112,6 +117,9 @@ def test_tokenize_by_hand() -> None:
         "-rrb-",
     ]
     assert tokenize("gonna cannot") == ["gon", "na", "can", "not"]
+    assert tokenize("the letter a.") == ["the", "letter", "a."]
+    assert tokenize_batch(["the letter a.", "The end"])[0] == ["the", "letter", "a"]
+    assert tokenize_batch(["the letter a.", "Two ends"])[0] == ["the", "letter", "a."]
     assert tokenize("") == []
     assert tokenize(" . ! ? ") == []
     assert tokenize("what?!") == ["what", "?!"]  # only single marks are dropped

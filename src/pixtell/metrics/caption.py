@@ -17,7 +17,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["PUNCTUATIONS", "perplexity", "per_image_scores", "score", "tokenize"]
+__all__ = ["PUNCTUATIONS", "perplexity", "per_image_scores", "score", "tokenize", "tokenize_batch"]
 
 # pycocoevalcap removes these tokens after CoreNLP. It compares the *lower-cased* tokens, so
 # "-LRB-" never matches "-lrb-" and bracket tokens survive; we keep that quirk.
@@ -199,10 +199,11 @@ _SIMPLE_SKIP = frozenset(["cannot", "gimme", "gonna", "gotta", "lemme", "wanna"]
 
 
 @functools.lru_cache(maxsize=1 << 17)
-def _chunk_tokens(chunk: str) -> tuple[str, ...]:
-    """Lower-cased tokens of one whitespace-free chunk, punctuation tokens removed."""
+def _chunk_tokens(chunk: str) -> tuple[tuple[str, ...], bool]:
+    """Lower-cased tokens of one whitespace-free chunk, punctuation tokens removed, and
+    whether the chunk's last token is a one-letter abbreviation such as "a." (see _SENTEND)."""
     if _SIMPLE.fullmatch(chunk) and chunk not in _SIMPLE_SKIP:
-        return (chunk,)
+        return (chunk,), False
     text = chunk + " "  # what follows a chunk is a space (or the line end): trailing context
     out: list[str] = []
     pos, end = 0, len(chunk)
@@ -219,18 +220,58 @@ def _chunk_tokens(chunk: str) -> tuple[str, ...]:
         tok = m.group(1) if has_ctx else m.group(0)
         out.extend(action(tok))
         pos += len(tok)
-    return tuple(t for t in (t.lower() for t in out) if t not in PUNCTUATIONS)
+    letter_dot = bool(out) and re.fullmatch(r"[A-Za-z]\.", out[-1]) is not None
+    return tuple(t for t in (t.lower() for t in out) if t not in PUNCTUATIONS), letter_dot
+
+
+# CoreNLP splits "a." into "a" "." when spaces/line breaks, then a capitalised sentence opener
+# from this list (or a tag) follow; the next caption of a PTBTokenizer batch is the next line.
+_OPENERS = str.split(
+    "About According Additionally After An A As At But Earlier He Her Here However If In It Last"
+    " Many More Mr. Ms. Now Once One Other Our She Since So Some Such That The Then There These"
+    " They This We When While What Yet You"
+)
+_SENTEND = re.compile(
+    r"[\s\u00a0\u2000-\u200a\u3000]+(?:(?:"
+    + "|".join(w[0] + "(?i:" + re.escape(w[1:]) + ")" for w in sorted(_OPENERS, key=len)[::-1])
+    + r")[\s\u00a0\u2000-\u200a\u3000]|</?[A-Za-z!][^>]*>)"
+)
+_CHUNK = re.compile(r"[^\s\u00a0\u2000-\u200b\u200e\u200f\u3000\ufeff\x00]+")
+
+
+def _tokenize_line(text: str, next_line: str | None) -> list[str]:
+    if "/" in text or "\u2044" in text:
+        text = _FRAC_SPACE.sub(rf"\1{_NBSP_JOIN}", text)
+    if "." not in text:  # no abbreviation to split: the fast path
+        chunks = text.split() if text.isascii() and "\x00" not in text else _SPACES.split(text)
+        return [t for chunk in chunks if chunk for t in _chunk_tokens(chunk)[0]]
+    after = text if next_line is None else text + "\n" + next_line.replace("\n", " ")
+    out: list[str] = []
+    for m in _CHUNK.finditer(text):
+        toks, letter_dot = _chunk_tokens(m.group())
+        if letter_dot and _SENTEND.match(after, m.end()):
+            toks = (*toks[:-1], toks[-1][:-1])
+        out.extend(toks)
+    return out
+
+
+def tokenize_batch(captions: Sequence[str]) -> list[list[str]]:
+    """``tokenize`` of each caption, as one PTBTokenizer call over all of them gives them.
+
+    The only difference to tokenizing one by one: a caption ending in a one-letter
+    abbreviation ("plan b.") loses its period when the next caption starts with a capital.
+    """
+    nxt = [*captions[1:], None]
+    return [_tokenize_line(c.replace("\n", " "), n) for c, n in zip(captions, nxt, strict=True)]
 
 
 def tokenize(text: str) -> list[str]:
     """Tokens of a caption exactly as pycocoevalcap's PTBTokenizer gives them.
 
     Lower-cased, punctuation tokens dropped, contractions split ("don't" -> "do", "n't").
+    The caption is taken as a PTBTokenizer batch of its own (see ``tokenize_batch``).
     """
-    if "/" in text or "\u2044" in text:
-        text = _FRAC_SPACE.sub(rf"\1{_NBSP_JOIN}", text)
-    chunks = text.split() if text.isascii() and "\x00" not in text else _SPACES.split(text)
-    return [t for chunk in chunks if chunk for t in _chunk_tokens(chunk)]
+    return _tokenize_line(text.replace("\n", " "), None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,8 +491,10 @@ def _tokenized(
     references: Mapping[Hashable, Sequence[str]], candidates: Mapping[Hashable, str]
 ) -> tuple[list[Hashable], list[str], list[list[str]]]:
     ids = _check(references, candidates)
-    hyps = [" ".join(tokenize(candidates[i])) for i in ids]
-    refs = [[" ".join(tokenize(r)) for r in references[i]] for i in ids]
+    # two PTBTokenizer batches, as COCOEvalCap makes them: all references, all candidates
+    hyps = [" ".join(t) for t in tokenize_batch([candidates[i] for i in ids])]
+    flat = iter(tokenize_batch([r for i in ids for r in references[i]]))
+    refs = [[" ".join(next(flat)) for _ in references[i]] for i in ids]
     return ids, hyps, refs
 
 
