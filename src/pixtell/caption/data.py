@@ -699,12 +699,18 @@ class CaptionDataModule(L.LightningDataModule):
             max(0, min(4, (os.cpu_count() or 1) - 1)) if num_workers is None else num_workers
         )
         self.features, self.max_pixels = features, max_pixels
+        self._train: CaptionTrainDataset | None = None
 
     def _images(self, split: str) -> list[CaptionImage]:
         return [self.dataset.images[i] for i in self.splits.get(split, [])]
 
     def train_dataset(self) -> CaptionTrainDataset:
-        """The training split as (input, caption ids, length) pairs."""
+        """The training split as (input, caption ids, length) pairs (tokenized once)."""
+        if self._train is None:
+            self._train = self._make_train_dataset()
+        return self._train
+
+    def _make_train_dataset(self) -> CaptionTrainDataset:
         return CaptionTrainDataset(
             self._images("train"),
             self.vocab,
