@@ -440,6 +440,9 @@ def train(
     if not joined:
         recipe.describe(cfg, data)
     dm = recipe.build_datamodule(cfg, data)
+    if ckpt is not None and hasattr(dm, "start_epoch"):
+        # Lightning makes the first epoch's iterator before it calls set_epoch
+        dm.start_epoch = done.epochs_done
     trainer = build_trainer(
         cfg,
         run_dir,

@@ -37,13 +37,24 @@ class Run:
 def run_dir_holding(path: str | Path, name: str) -> Path:
     """The run directory (``path`` itself or the folder of a file in it) that holds ``name``."""
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; {_known_runs()}")
     run_dir = path if path.is_dir() else path.parent
     if not (run_dir / name).is_file():
         raise FileNotFoundError(
             f"{path} is not a pixtell run ({name} missing); pass a run directory such as "
-            "runs/classify/<name> (train one with `pixtell classify train`)"
+            f"runs/<task>/<name>; {_known_runs()}"
         )
     return run_dir
+
+
+def _known_runs(root: Path = Path("runs"), limit: int = 12) -> str:
+    """A short list of the runs under ``runs/`` of the working directory, for error messages."""
+    found = sorted(str(p.parent) for p in root.glob(f"*/*/{CONFIG_FILE}")) if root.is_dir() else []
+    if not found:
+        return f"no runs under {root}/ yet (train one with `pixtell classify train DATA`)"
+    more = f" and {len(found) - limit} more" if len(found) > limit else ""
+    return f"runs under {root}/: {', '.join(found[:limit])}{more}"
 
 
 def new_run_dir(out: Path, task: str, name: str) -> Path:

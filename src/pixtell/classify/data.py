@@ -71,6 +71,7 @@ class ClassifyDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = default_workers() if num_workers is None else num_workers
         self.balanced_sampler, self.max_pixels, self.seed = balanced_sampler, max_pixels, seed
+        self.start_epoch = 0  # set by the engine when a run is resumed
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         ds = ImageListDataset(
@@ -89,6 +90,7 @@ class ClassifyDataModule(L.LightningDataModule):
             weights = [w[s.label] for s in self.splits[split]]
         # order and augmentations from (seed, epoch, position): exact on resume, any workers
         sampler = EpochSampler(len(ds), self.seed, weights=weights)
+        sampler.set_epoch(self.start_epoch)
         return DataLoader(
             SeededDataset(ds),
             batch_size=self.batch_size,
