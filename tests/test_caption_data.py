@@ -27,6 +27,7 @@ from pixtell.caption.data import (
 )
 from pixtell.caption.vocab import END, PAD, SPECIALS, START, UNK, Vocabulary
 from pixtell.data.demo import make_caption_scenes, make_classification_folder
+from pixtell.data.features import FeatureCache
 from pixtell.data.images import file_sha256
 from pixtell.data.transforms import build_eval_transform
 from pixtell.metrics.caption import tokenize
@@ -146,6 +147,19 @@ def test_unquoted_commas_and_malformed_lines(tmp_path: Path) -> None:
     assert [r for p, r in ds.problems if p.name == "captions.txt"][0].startswith(
         "captions.txt line 4"
     )
+
+
+def test_captions_txt_without_header(tmp_path: Path) -> None:
+    _write_images(tmp_path / "Images")
+    (tmp_path / "captions.txt").write_text("a.jpg,first\nb.jpg,second\n", encoding="utf-8")
+    ds = load_captions(tmp_path, progress=False)
+    assert [(im.path.name, im.captions) for im in ds.images] == [
+        ("a.jpg", ["first"]),
+        ("b.jpg", ["second"]),
+    ]
+    (tmp_path / "captions.txt").write_text("name;text\na.jpg;x\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="header 'image,caption'"):
+        load_captions(tmp_path, progress=False)
 
 
 def test_check_images_false_only_checks_existence(tmp_path: Path) -> None:
@@ -380,6 +394,29 @@ def test_datamodule_with_cached_features(scenes: Path) -> None:
     np.testing.assert_array_equal(x.numpy(), feats[[splits["test"][int(i)] for i in idx]])
     with pytest.raises(ValueError, match="transform"):
         CaptionDataModule(ds, splits, vocab).train_dataloader()
+
+
+def test_feature_cache_feeds_the_datamodule(scenes: Path, tmp_path: Path) -> None:
+    ds = load_captions(scenes, progress=False)
+    splits = split_captions(ds, seed=1)
+    vocab = build_vocabulary(ds, splits, min_word_count=1)
+    gone = ds.images[splits["train"][0]].path
+    work = shutil.copytree(scenes, tmp_path / "copy")
+    ds = load_captions(work, progress=False)
+    gone = work / gone.relative_to(scenes)
+    gone.write_bytes(b"broken since the dataset was loaded")
+
+    def mean_rgb(images: list[Image.Image]) -> np.ndarray:
+        return np.stack([np.asarray(im, np.float32).mean(axis=(0, 1)) for im in images])
+
+    cache = FeatureCache("mean-rgb", tmp_path / "cache")
+    feats = cache.compute([im.path for im in ds.images], mean_rgb, progress=False)
+    assert [p for p, _ in cache.problems] == [gone]
+    dm = CaptionDataModule(ds, splits, vocab, batch_size=64, num_workers=0, features=feats)
+    assert len(dm.splits["train"]) == len(splits["train"]) - 1
+    assert ds.problems[-1][0] == gone
+    x, _, _ = next(iter(dm.train_dataloader()))
+    assert not torch.isnan(x).any() and x.shape[1] == 3
 
 
 # ----------------------------------------------------------------------------- demo scenes

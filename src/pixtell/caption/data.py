@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import os
 import random
@@ -27,7 +28,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pixtell.caption.vocab import Vocabulary
 from pixtell.data.demo import meta_path
-from pixtell.data.images import DEFAULT_MAX_PIXELS, StrPath, check_image, file_sha256, load_image
+from pixtell.data.images import (
+    DEFAULT_MAX_PIXELS,
+    StrPath,
+    check_image,
+    file_sha256,
+    is_image_file,
+    load_image,
+)
 
 FORMATS: tuple[str, ...] = ("flickr8k", "coco", "karpathy", "demo")
 SPLITS: tuple[str, str, str] = ("train", "val", "test")
@@ -217,10 +225,14 @@ def _parse_flickr(ann: Path) -> Parsed:
     entries: list[_Entry] = []
     problems: list[tuple[Path, str]] = []
     rows = csv.reader(io.StringIO(_read_text(ann)))
-    header = next(rows, None)
-    if header is None or [h.strip().lower() for h in header[:2]] != ["image", "caption"]:
+    header = next(rows, None) or []
+    if [h.strip().lower() for h in header[:2]] == ["image", "caption"]:
+        pending: list[list[str]] = []
+    elif len(header) >= 2 and is_image_file(header[0].strip()):
+        pending = [header]  # no header line: the first row is already data
+    else:
         raise ValueError(f"{ann} should start with the header 'image,caption', got {header}")
-    for row in rows:
+    for row in itertools.chain(pending, rows):
         where = f"{ann.name} line {rows.line_num}"
         if not row:
             continue
@@ -410,7 +422,8 @@ def split_captions(
             if own:
                 out[min(own, key=_LEAK_PRIORITY.__getitem__)] += group  # type: ignore[index]
         if not out["val"] and fracs[1] > 0:
-            train = [g for g in groups if g[0] in set(out["train"])]
+            in_train = set(out["train"])
+            train = [g for g in groups if g[0] in in_train]
             carved = _seeded_split(train, (1 - fracs[1], fracs[1], 0.0), seed)
             out["train"], out["val"] = carved["train"], carved["val"]
         return {name: sorted(idx) for name, idx in out.items()}
@@ -664,6 +677,20 @@ def collate_captions(
     return torch.stack(inputs), padded, torch.tensor(lengths, dtype=torch.long)
 
 
+def _without_nan_rows(
+    ds: CaptionDataset, splits: dict[str, list[int]], features: np.ndarray
+) -> dict[str, list[int]]:
+    """Leave out images whose feature row is NaN (``FeatureCache.compute`` could not read them)."""
+    bad: set[int] = set()
+    for start in range(0, len(features), 4096):  # in blocks: features may be a large memmap
+        block = np.asarray(features[start : start + 4096])
+        block = block.reshape(len(block), -1)
+        bad.update(start + int(i) for i in np.flatnonzero(np.isnan(block).any(axis=1)))
+    for i in sorted(bad):
+        ds.problems.append((ds.images[i].path, "no cached feature (unreadable when encoded)"))
+    return {name: [i for i in idx if i not in bad] for name, idx in splits.items()}
+
+
 class CaptionDataModule(L.LightningDataModule):
     """Train / val / test loaders over an already-made split of a ``CaptionDataset``.
 
@@ -689,8 +716,10 @@ class CaptionDataModule(L.LightningDataModule):
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         super().__init__()
-        if features is not None and len(features) != len(dataset.images):
-            raise ValueError(f"{len(features)} feature rows for {len(dataset.images)} images")
+        if features is not None:
+            if len(features) != len(dataset.images):
+                raise ValueError(f"{len(features)} feature rows for {len(dataset.images)} images")
+            splits = _without_nan_rows(dataset, splits, features)
         self.dataset, self.splits, self.vocab = dataset, splits, vocab
         self.train_tf, self.eval_tf = train_transform, eval_transform
         self.batch_size, self.seed, self.max_len = batch_size, seed, max_len
