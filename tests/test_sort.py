@@ -8,6 +8,7 @@ import importlib
 import json
 import os
 import random
+import shutil
 import signal
 import tempfile
 from collections import Counter
@@ -17,7 +18,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pixtell.classify.sort import PredictFn, Prediction, sort_folder, undo_sort
+from pixtell.classify.sort import (
+    Placement,
+    PredictFn,
+    Prediction,
+    SortInterrupted,
+    sort_folder,
+    undo_sort,
+)
 from pixtell.data.images import ImageLoadError
 
 # importlib, not ``from pixtell.classify import sort``: the package's ``sort`` function
@@ -111,9 +119,30 @@ def test_collects_images_only_skipping_hidden_and_out(inbox: Path) -> None:
     write_files(out / "cat", ["old.png"])
     predict = fake_predict(dict.fromkeys(["a.png", "b.JPG", "c.png"], ("cat", 0.9)))
     res = sort_folder(inbox, predict, out, progress=False)
-    assert [s.name for s, _ in res.placements] == ["a.png", "b.JPG"]
+    assert [p.source.name for p in res.placements] == ["a.png", "b.JPG"]
+    assert res.not_searched == 1  # sub/c.png; not .cache/d.png, not sorted/cat/old.png
     res = sort_folder(inbox, predict, out, recursive=True, progress=False)
-    assert sorted(s.name for s, _ in res.placements) == ["a.png", "b.JPG", "c.png"]
+    assert sorted(p.source.name for p in res.placements) == ["a.png", "b.JPG", "c.png"]
+    assert res.not_searched == 0
+
+
+@pytest.mark.parametrize("move", [True, False])
+def test_symlinks_in_the_inbox_are_reported_and_left(
+    inbox: Path, tmp_path: Path, move: bool
+) -> None:
+    files = write_files(inbox, ["a.png"])
+    elsewhere = write_files(tmp_path / "elsewhere", ["x.png"], seed=1)
+    (inbox / "link.png").symlink_to(tmp_path / "elsewhere" / "x.png")
+    predict = fake_predict({"a.png": ("cat", 0.9), "link.png": ("cat", 0.9)})
+    out = tmp_path / "out"
+    res = sort_folder(inbox, predict, out, move=move, progress=False)
+    assert [p.source.name for p in res.placements] == ["a.png"]
+    assert [(p.name, "symbolic link" in why) for p, why in res.skipped] == [("link.png", True)]
+    assert (inbox / "link.png").is_symlink()
+    assert snapshot(tmp_path / "elsewhere") == elsewhere
+    assert snapshot(out) == {"cat/a.png": files["a.png"]}
+    entry = read_manifest(res.manifest)[1]
+    assert entry["source"] == str(inbox / "link.png") and entry["status"] == "skipped"
 
 
 def test_invalid_arguments_fail_clearly(inbox: Path, tmp_path: Path) -> None:
@@ -129,15 +158,37 @@ def test_invalid_arguments_fail_clearly(inbox: Path, tmp_path: Path) -> None:
             sort_folder(inbox, predict, tmp_path / "out", others=bad, progress=False)
 
 
-def test_out_may_be_the_inbox_unless_recursive(inbox: Path) -> None:
-    write_files(inbox, ["a.png"])
+@pytest.mark.parametrize("recursive", [False, True])
+def test_out_equal_to_the_inbox_is_refused(inbox: Path, tmp_path: Path, recursive: bool) -> None:
+    files = write_files(inbox, ["a.png"])
+    (tmp_path / "link").symlink_to(inbox)
     predict = fake_predict({"a.png": ("cat", 0.9)})
-    with pytest.raises(ValueError, match="recursively"):
-        sort_folder(inbox, predict, inbox, recursive=True, progress=False)
-    res = sort_folder(inbox, predict, inbox, move=True, progress=False)
-    assert snapshot(inbox) == {"cat/a.png": (inbox / "cat/a.png").read_bytes()}
-    undo_sort(res.manifest, progress=False)
-    assert list(snapshot(inbox)) == ["a.png"]
+    for out in (inbox, inbox / "sub" / "..", tmp_path / "link"):
+        (inbox / "sub").mkdir(exist_ok=True)
+        with pytest.raises(ValueError, match="is the inbox itself") as info:
+            sort_folder(inbox, predict, out, move=True, recursive=recursive, progress=False)
+        assert "Choose another output folder" in str(info.value)
+        assert str(inbox / "sorted") in str(info.value)
+    assert snapshot(inbox) == files and sorted(p.name for p in inbox.iterdir()) == ["a.png", "sub"]
+
+
+def test_out_inside_the_inbox_is_left_out(inbox: Path) -> None:
+    files = write_files(inbox, ["a.png"])
+    predict = fake_predict({"a.png": ("cat", 0.9)})
+    first = sort_folder(inbox, predict, inbox / "sorted", move=True, progress=False)
+    assert first.not_searched == 0
+    write_files(inbox, ["b.png"], seed=1)
+    again = sort_folder(
+        inbox,
+        fake_predict({"b.png": ("dog", 0.9)}),
+        inbox / "sorted",
+        recursive=True,
+        progress=False,
+    )
+    assert [p.source.name for p in again.placements] == ["b.png"]
+    undo_sort(again.manifest, progress=False)
+    undo_sort(first.manifest, progress=False)
+    assert snapshot(inbox) == files | {"b.png": (inbox / "b.png").read_bytes()}
 
 
 def test_a_failing_batch_is_retried_file_by_file(inbox: Path, tmp_path: Path) -> None:
@@ -178,7 +229,7 @@ def test_name_clashes_get_suffixes_and_nothing_is_overwritten(inbox: Path, tmp_p
     write_files(inbox / "sub", ["a.png"], seed=3)
     predict = fake_predict({"a.png": ("cat", 0.9)})
     res = sort_folder(inbox, predict, out, move=True, recursive=True, progress=False)
-    assert sorted(d.name for _, d in res.placements) == ["a_2.png", "a_3.png"]
+    assert sorted(p.destination.name for p in res.placements) == ["a_2.png", "a_3.png"]
     for name, data in old.items():
         assert (out / "cat" / name).read_bytes() == data
 
@@ -234,12 +285,45 @@ def test_dry_run_changes_nothing(inbox: Path, tmp_path: Path) -> None:
         {"a.png": ("cat", 0.9), "b.png": ("cat", 0.1), "c.png": OSError("unreadable")}
     )
     res = sort_folder(inbox, predict, tmp_path / "out", move=True, dry_run=True, progress=False)
-    assert res.dry_run and res.counts == {"cat": 1, "others": 1}
-    assert [d.name for _, d in res.placements] == ["a_1.png", "b.png"]
+    assert res.dry_run and res.counts == {"cat": 1, "others": 1} and res.verb == "would sort"
+    assert res.placements == [
+        Placement(inbox / "a.png", tmp_path / "out/cat/a_1.png", "cat", 0.9),
+        Placement(inbox / "b.png", tmp_path / "out/others/b.png", "cat", 0.1),
+    ]
     assert res.skipped == [(inbox / "c.png", "unreadable")]
     assert res.manifest == tmp_path / "out" / "sort-manifest.jsonl"
     assert snapshot(tmp_path) == before
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cat"]
+
+
+def test_dry_run_shows_no_progress_bar(
+    inbox: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_files(inbox, ["a.png"])
+    shown = []
+    real = sort_mod._progress
+
+    def spy(enabled: bool) -> object:
+        shown.append(enabled)
+        return real(enabled)
+
+    monkeypatch.setattr(sort_mod, "_progress", spy)
+    predict = fake_predict({"a.png": ("cat", 0.9)})
+    sort_folder(inbox, predict, tmp_path / "out", dry_run=True)
+    sort_folder(inbox, predict, tmp_path / "out")
+    assert shown == [False, True]
+
+
+def test_placement_unpacks_as_source_and_destination() -> None:
+    src, dest = Placement(Path("a.png"), Path("out/cat/a.png"), "cat", 0.7)
+    assert (src, dest) == (Path("a.png"), Path("out/cat/a.png"))
+
+
+def test_verb_says_what_happened(inbox: Path, tmp_path: Path) -> None:
+    write_files(inbox, ["a.png"])
+    predict = fake_predict({"a.png": ("cat", 0.9)})
+    assert sort_folder(inbox, predict, tmp_path / "c", progress=False).verb == "copied"
+    assert sort_folder(inbox, predict, tmp_path / "m", move=True, progress=False).verb == "moved"
 
 
 def test_progress_bar_works_without_a_terminal(
@@ -260,7 +344,7 @@ def test_manifest_format(inbox: Path, tmp_path: Path) -> None:
         inbox, fake_predict({"a.png": ("cat", 0.75)}), tmp_path / "out", move=True, progress=False
     )
     header, entry = read_manifest(res.manifest)
-    assert header["type"] == "header" and header["version"] == 1
+    assert header["type"] == "header" and header["version"] == 2 and header["recursive"] is False
     assert header["inbox"] == str(inbox.resolve()) and header["move"] is True
     assert header["threshold"] == 0.6 and header["others"] == "others" and header["created"]
     assert entry == {
@@ -352,10 +436,148 @@ def test_second_sort_does_not_overwrite_first_manifest(inbox: Path, tmp_path: Pa
     second = sort_folder(inbox, predict, out, progress=False).manifest
     assert first.name == "sort-manifest.jsonl" and second.name == "sort-manifest-1.jsonl"
     assert first.read_text() == text
-    assert read_manifest(second)[1]["destination"].endswith("a_1.png")
+    assert read_manifest(second)[1]["destination"] == read_manifest(first)[1]["destination"]
     undo_sort(first, progress=False)
     third = sort_folder(inbox, predict, out, progress=False).manifest
     assert third.name == "sort-manifest-2.jsonl"  # free, and its .undone twin too
+
+
+@pytest.mark.parametrize("move", [True, False])
+@pytest.mark.parametrize("link", ["file", "folder"])
+def test_undo_deletes_nothing_when_the_source_is_a_symlink_to_the_sorted_file(
+    inbox: Path, tmp_path: Path, move: bool, link: str
+) -> None:
+    files = write_files(inbox, ["a.png"])
+    out = tmp_path / "out"
+    res = sort_folder(inbox, fake_predict({"a.png": ("cat", 0.9)}), out, move=move, progress=False)
+    sorted_file = out / "cat" / "a.png"
+    if link == "file":  # e.g. a tool that leaves a link behind for each file it moves
+        (inbox / "a.png").unlink(missing_ok=True)
+        (inbox / "a.png").symlink_to(sorted_file)
+    else:  # the inbox itself replaced by a link to the class folder
+        shutil.rmtree(inbox)
+        inbox.symlink_to(out / "cat", target_is_directory=True)
+    assert (inbox / "a.png").read_bytes() == files["a.png"]
+    undo = undo_sort(res.manifest, progress=False)
+    assert undo.restored == undo.removed_copies == 0
+    assert [(p.name, "symlink" in why) for p, why in undo.problems] == [("a.png", True)]
+    assert sorted_file.read_bytes() == files["a.png"] and not sorted_file.is_symlink()
+    assert res.manifest.exists()
+
+
+def test_undo_of_a_copy_whose_original_is_gone_keeps_the_copy(inbox: Path, tmp_path: Path) -> None:
+    files = write_files(inbox, ["a.png", "b.png"])
+    out = tmp_path / "out"
+    res = sort_folder(inbox, fake_predict(dict.fromkeys(files, ("cat", 0.9))), out, progress=False)
+    (inbox / "a.png").unlink()  # the user tidies the inbox after copying
+    undo = undo_sort(res.manifest, progress=False)
+    assert undo.removed_copies == 1
+    assert undo.problems == [
+        (
+            out / "cat" / "a.png",
+            f"original {inbox / 'a.png'} is gone, so this copy is now the only one; copy kept",
+        )
+    ]
+    assert snapshot(out) == {"cat/a.png": files["a.png"]}
+    assert res.manifest.exists()  # not marked undone: the user should see this
+
+
+# --------------------------------------------------------------------------- sorting again
+
+
+def test_sorting_twice_in_copy_mode_makes_no_identical_copies(inbox: Path, tmp_path: Path) -> None:
+    files = write_files(inbox, ["a.png", "b.png"])
+    out = tmp_path / "out"
+    predict = fake_predict({"a.png": ("cat", 0.9), "b.png": ("dog", 0.2)})
+    first = sort_folder(inbox, predict, out, progress=False)
+    after_first = snapshot(out)
+    assert after_first == {"cat/a.png": files["a.png"], "others/b.png": files["b.png"]}
+
+    again = sort_folder(inbox, predict, out, progress=False)
+    assert snapshot(out) == after_first  # no a_1.png, b_1.png
+    assert again.counts == {"cat": 1, "others": 1}
+    assert [(p.destination, p.already_sorted) for p in again.placements] == [
+        (out / "cat" / "a.png", True),
+        (out / "others" / "b.png", True),
+    ]
+    entries = read_manifest(again.manifest)[1:]
+    assert [(e["action"], e["status"], e["sha256"]) for e in entries] == [
+        ("already-sorted", "done", sha(files["a.png"])),
+        ("already-sorted", "done", sha(files["b.png"])),
+    ]
+    assert_manifest_matches_disk(again.manifest)
+
+    undo = undo_sort(again.manifest, progress=False)  # must not take the first sort's files
+    assert (undo.already_sorted, undo.removed_copies, undo.problems) == (2, 0, [])
+    assert snapshot(out) == after_first and snapshot(inbox) == files
+    undo = undo_sort(first.manifest, progress=False)
+    assert (undo.removed_copies, undo.problems) == (2, [])
+    assert snapshot(out) == {} and snapshot(inbox) == files
+
+
+def test_already_sorted_under_a_suffixed_name(inbox: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    old = write_files(out / "cat", ["a.png"], seed=1)  # a different photo with the same name
+    files = write_files(inbox, ["a.png"], seed=2)
+    predict = fake_predict({"a.png": ("cat", 0.9)})
+    sort_folder(inbox, predict, out, progress=False)
+    assert snapshot(out) == {"cat/a.png": old["a.png"], "cat/a_1.png": files["a.png"]}
+    plan = sort_folder(inbox, predict, out, dry_run=True, progress=False)
+    assert [(p.destination.name, p.already_sorted) for p in plan.placements] == [("a_1.png", True)]
+    again = sort_folder(inbox, predict, out, progress=False)
+    assert [(p.destination.name, p.already_sorted) for p in again.placements] == [("a_1.png", True)]
+    assert len(snapshot(out)) == 2
+
+
+def test_identical_files_in_one_sort_are_copied_once(inbox: Path, tmp_path: Path) -> None:
+    files = write_files(inbox, ["a.png"])
+    (inbox / "sub").mkdir()
+    (inbox / "sub" / "a.png").write_bytes(files["a.png"])
+    out = tmp_path / "out"
+    predict = fake_predict({"a.png": ("cat", 0.9)})
+    plan = sort_folder(inbox, predict, out, recursive=True, dry_run=True, progress=False)
+    res = sort_folder(inbox, predict, out, recursive=True, progress=False)
+    for r in (plan, res):
+        assert [(p.destination.name, p.already_sorted) for p in r.placements] == [
+            ("a.png", False),
+            ("a.png", True),
+        ]
+    assert snapshot(out) == {"cat/a.png": files["a.png"]}
+    undo = undo_sort(res.manifest, progress=False)
+    assert (undo.removed_copies, undo.already_sorted, undo.problems) == (1, 1, [])
+    assert snapshot(out) == {}
+
+
+def test_a_symlink_at_the_destination_is_not_already_sorted(inbox: Path, tmp_path: Path) -> None:
+    files = write_files(inbox, ["a.png"])
+    out = tmp_path / "out"
+    (out / "cat").mkdir(parents=True)
+    (out / "cat" / "a.png").symlink_to(inbox / "a.png")
+    res = sort_folder(inbox, fake_predict({"a.png": ("cat", 0.9)}), out, progress=False)
+    assert [(p.destination.name, p.already_sorted) for p in res.placements] == [("a_1.png", False)]
+    assert (out / "cat" / "a_1.png").read_bytes() == files["a.png"]
+
+
+def test_version_1_manifests_can_still_be_undone(inbox: Path, tmp_path: Path) -> None:
+    data = b"photo bytes"
+    out = tmp_path / "out"
+    (out / "cat").mkdir(parents=True)
+    (out / "cat" / "a.png").write_bytes(data)
+    inbox.mkdir()
+    header = {"type": "header", "version": 1, "inbox": str(inbox), "out": str(out)}
+    header |= {"threshold": 0.6, "others": "others", "move": True, "created": "2024-01-01"}
+    entry = {"type": "entry", "source": str(inbox / "a.png"), "destination": str(out / "cat/a.png")}
+    entry |= {"class": "cat", "probability": 0.9, "sha256": sha(data), "action": "move"}
+    entry |= {"status": "done", "reason": None}
+    manifest = out / "sort-manifest.jsonl"
+    manifest.write_text(json.dumps(header) + "\n" + json.dumps(entry) + "\n")
+    undo = undo_sort(manifest, progress=False)
+    assert undo.restored == 1 and not undo.problems
+    assert (inbox / "a.png").read_bytes() == data and not (out / "cat").exists()
+    header["version"] = 99
+    (out / "future.jsonl").write_text(json.dumps(header) + "\n")
+    with pytest.raises(ValueError, match="unsupported version 99"):
+        undo_sort(out / "future.jsonl", progress=False)
 
 
 # --------------------------------------------------------------------------- interruption
@@ -368,7 +590,7 @@ def assert_manifest_matches_disk(manifest: Path) -> None:
                 hashlib.sha256(Path(entry["destination"]).read_bytes()).hexdigest()
                 == entry["sha256"]
             )
-            assert Path(entry["source"]).exists() == (entry["action"] == "copy")
+            assert Path(entry["source"]).exists() == (entry["action"] != "move")
 
 
 @pytest.mark.parametrize("move", [True, False])
@@ -385,9 +607,14 @@ def test_interrupted_sort_leaves_a_consistent_manifest(
         return [("cat", 0.9)] * len(paths)
 
     out = tmp_path / "out"
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as info:
         sort_folder(inbox, predict, out, move=move, batch_size=2, progress=False)
+    assert isinstance(info.value, SortInterrupted)
+    partial = info.value.result
+    assert [p.source.name for p in partial.placements] == ["0.png", "1.png"]
+    assert partial.counts == {"cat": 2} and partial.verb == ("moved" if move else "copied")
     manifest = out / "sort-manifest.jsonl"
+    assert partial.manifest == manifest
     assert len(read_manifest(manifest)) == 1 + 2
     assert_manifest_matches_disk(manifest)
     undo_sort(manifest, progress=False)
@@ -434,12 +661,15 @@ def test_ctrl_c_during_a_file_operation_waits_for_its_manifest_line(
 
     monkeypatch.setattr(sort_mod, "_transfer", transfer_then_ctrl_c)
     out = tmp_path / "out"
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as info:
         sort_folder(
             inbox, fake_predict(dict.fromkeys(files, ("cat", 0.9))), out, move=True, progress=False
         )
+    assert isinstance(info.value, SortInterrupted)
     manifest = out / "sort-manifest.jsonl"
     assert [e["source"][-5:] for e in read_manifest(manifest)[1:]] == ["a.png"]
+    assert [p.source.name for p in info.value.result.placements] == ["a.png"]
+    assert (out / "cat" / "a.png").exists() and (inbox / "b.png").exists()
     assert_manifest_matches_disk(manifest)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
@@ -491,13 +721,24 @@ def test_property_nothing_lost_or_overwritten_and_undo_restores(case: dict) -> N
         )
 
         placed = [inbox / n for n, p in case["preds"].items() if not isinstance(p, Exception)]
-        copied = Counter() if case["move"] else Counter(p.read_bytes() for p in placed)
+        made = [p for p in res.placements if not p.already_sorted]
+        copied = Counter() if case["move"] else Counter(p.source.read_bytes() for p in made)
         after = Counter(snapshot(inbox).values()) + Counter(snapshot(out).values())
         assert after == Counter(start.values()) + Counter(case["pre"].values()) + copied
         assert all((out / rel).read_bytes() == data for rel, data in case["pre"].items())
-        for src, dest in res.placements:
-            cls, prob = case["preds"][src.name]
-            assert dest.parent.name == (cls if prob >= 0.6 else "others")
+        for p in res.placements:
+            cls, prob = case["preds"][p.source.name]
+            assert (p.label, p.probability) == (cls, prob)
+            assert p.destination.parent.name == (cls if prob >= 0.6 else "others")
+            assert p.destination.read_bytes() == (case["inbox"][p.source.name])
+            if case["move"]:
+                assert not p.already_sorted
+            elif not p.already_sorted:  # copied: no earlier name of its chain held the bytes
+                stem, ext = p.source.stem, p.source.suffix
+                names = [f"{stem}{ext}"] + [f"{stem}_{i}{ext}" for i in range(1, 20)]
+                earlier = names[: names.index(p.destination.name)]
+                content = case["inbox"][p.source.name]
+                assert all((p.destination.parent / n).read_bytes() != content for n in earlier)
         assert len(res.skipped) == len(case["inbox"]) - len(placed)
         assert_manifest_matches_disk(res.manifest)
 

@@ -2,8 +2,9 @@
 
 The sorter knows nothing about models: it receives a batched ``predict`` callable.
 Files are copied (or moved) to ``out/<class>/<name>``; nothing is ever overwritten
-(clashes get ``name_1.ext``, ``name_2.ext``, ...), every completed operation is
-recorded in a JSON Lines manifest right away, and :func:`undo_sort` reverses it.
+(clashes get ``name_1.ext``, ``name_2.ext``, ...; a copy whose bytes are already there is
+recorded, not made again), every completed operation is recorded in a JSON Lines manifest
+right away, and :func:`undo_sort` reverses it.
 """
 
 from __future__ import annotations
@@ -27,16 +28,34 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from pixtell.data.images import IMAGE_EXTENSIONS, file_sha256
+from pixtell.data.folders import list_images
+from pixtell.data.images import file_sha256
 
-__all__ = ["Prediction", "PredictFn", "SortResult", "UndoResult", "sort_folder", "undo_sort"]
+__all__ = [
+    "Placement",
+    "Prediction",
+    "PredictFn",
+    "SortInterrupted",
+    "SortResult",
+    "UndoResult",
+    "sort_folder",
+    "undo_sort",
+]
 
 Prediction = tuple[str, float]
 PredictFn = Callable[[list[Path]], list[Prediction | Exception]]
 
 MANIFEST_NAME = "sort-manifest.jsonl"
 UNDONE_SUFFIX = ".undone"
-MANIFEST_VERSION = 1
+# Version 2 added the "already-sorted" action; an undo that knows only version 1 would treat
+# it as a copy and delete a file that an earlier sort made, so older readers must refuse it.
+MANIFEST_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
+ALREADY_SORTED = "already-sorted"
+_SYMLINK_REASON = (
+    "symbolic link; left in place so that no file outside the inbox is moved or copied: "
+    "sort the folder of the file it points to, or replace the link with the file"
+)
 # Errors of os.link that mean "hard links are not possible here", not "something is wrong".
 _NO_LINK_ERRNOS = {
     errno.EXDEV,
@@ -49,16 +68,53 @@ _NO_LINK_ERRNOS = {
 _CHUNK = 1 << 20
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where one file went (or would go, in a dry run), and why."""
+
+    source: Path
+    destination: Path
+    label: str  # the predicted class, also for files sent to the others folder
+    probability: float
+    already_sorted: bool = False  # copy mode: the same bytes were already at ``destination``
+
+    def __iter__(self) -> Iterator[Path]:
+        """Unpack as ``(source, destination)``, like the plain tuples of earlier versions."""
+        return iter((self.source, self.destination))
+
+
 @dataclass
 class SortResult:
     """Outcome of :func:`sort_folder`."""
 
     manifest: Path
-    counts: dict[str, int]
-    skipped: list[tuple[Path, str]]
+    counts: dict[str, int]  # per output folder, already-sorted files included
+    skipped: list[tuple[Path, str]]  # (file, reason): left where it is
     dry_run: bool
     moved: bool
-    placements: list[tuple[Path, Path]] = field(default_factory=list)  # (source, destination)
+    placements: list[Placement] = field(default_factory=list)
+    not_searched: int = 0  # images in sub-folders of the inbox, left out as not recursive
+
+    @property
+    def verb(self) -> str:
+        """What happened to the placed files: "copied", "moved" or "would sort"."""
+        if self.dry_run:
+            return "would sort"
+        return "moved" if self.moved else "copied"
+
+
+class SortInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped :func:`sort_folder` between two files; ``result`` says what was done.
+
+    The manifest in ``result.manifest`` records every file placed so far (none for a dry run),
+    so :func:`undo_sort` can reverse the partial sort.
+    """
+
+    def __init__(self, result: SortResult) -> None:
+        super().__init__(
+            f"sorting interrupted after {len(result.placements)} files ({result.verb})"
+        )
+        self.result = result
 
 
 @dataclass
@@ -68,6 +124,7 @@ class UndoResult:
     restored: int
     removed_copies: int
     problems: list[tuple[Path, str]]
+    already_sorted: int = 0  # files that were in place before that sort: left there
 
 
 # --------------------------------------------------------------------------- helpers
@@ -203,6 +260,30 @@ def _transfer(src: Path, target: Path, *, move: bool, unique: bool = True) -> tu
     return dest, sha
 
 
+def _holds(path: Path, size: int, sha: str) -> bool:
+    """True when ``path`` is a regular file (not a symlink) with these bytes."""
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size != size:
+            return False
+    except OSError:
+        return False
+    return _sha_or_none(path) == sha
+
+
+def _copy_unless_present(src: Path, target: Path) -> tuple[Path, str, bool]:
+    """Copy ``src`` to ``target`` or its first free ``_N`` name, unless a taken name on the way
+    already holds the same bytes; return (destination, sha256, whether it was already there)."""
+    known: tuple[int, str] | None = None
+    for cand in _candidates(target):
+        try:
+            return cand, _copy_exclusive(src, cand), False
+        except FileExistsError:
+            known = known or (src.stat().st_size, file_sha256(src))
+            if _holds(cand, *known):
+                return cand, known[1], True
+    raise AssertionError("unreachable: _candidates never ends")
+
+
 def _unlink_source(src: Path, dest: Path) -> None:
     """Finish a move; if the source cannot be removed, drop the new copy instead."""
     try:
@@ -213,23 +294,6 @@ def _unlink_source(src: Path, dest: Path) -> None:
 
 
 # --------------------------------------------------------------------------- sorting
-
-
-def _collect(inbox: Path, out: Path, recursive: bool) -> list[Path]:
-    """Image files in ``inbox``, sorted; hidden files, symlinks and files in ``out`` left out."""
-    found = inbox.rglob("*") if recursive else inbox.iterdir()
-    skip_out = out != inbox and _is_within(out, inbox)
-    files = []
-    for path in found:
-        rel = path.relative_to(inbox)
-        if any(part.startswith(".") for part in rel.parts):
-            continue
-        if path.suffix.lower() not in IMAGE_EXTENSIONS or path.is_symlink() or not path.is_file():
-            continue
-        if skip_out and _is_within(path, out):
-            continue
-        files.append(path)
-    return sorted(files)
 
 
 def _free_manifest_path(path: Path) -> Iterator[Path]:
@@ -293,11 +357,22 @@ def _route(pred: Prediction | Exception, threshold: float, others: str) -> tuple
     return (name if prob >= threshold else others), name, prob
 
 
-def _plan_dest(target: Path, reserved: set[Path]) -> Path:
-    """The name a real run would pick, for dry runs (no file is created)."""
-    dest = next(c for c in _candidates(target) if c not in reserved and not c.exists())
-    reserved.add(dest)
-    return dest
+def _plan_dest(src: Path, target: Path, planned: dict[Path, Path], move: bool) -> tuple[Path, bool]:
+    """What a real run would pick, for dry runs: (destination, already there); nothing is made.
+
+    ``planned`` maps the names this dry run has given out to the files that would fill them.
+    """
+    known: tuple[int, str] | None = None
+    for cand in _candidates(target):
+        occupant = planned.get(cand, cand)
+        if occupant == cand and not (cand.exists() or cand.is_symlink()):
+            planned[cand] = src
+            return cand, False
+        if not move:
+            known = known or (src.stat().st_size, file_sha256(src))
+            if _holds(occupant, *known):
+                return cand, True
+    raise AssertionError("unreachable: _candidates never ends")
 
 
 def _batches(items: list[Path], size: int) -> Iterator[list[Path]]:
@@ -305,9 +380,7 @@ def _batches(items: list[Path], size: int) -> Iterator[list[Path]]:
         yield items[i : i + size]
 
 
-def _validate(
-    inbox: Path, out: Path, threshold: float, others: str, batch_size: int, recursive: bool
-) -> None:
+def _validate(inbox: Path, out: Path, threshold: float, others: str, batch_size: int) -> None:
     if not inbox.is_dir():
         raise ValueError(f"Inbox folder {inbox} does not exist or is not a folder.")
     if not 0.0 <= threshold <= 1.0:
@@ -317,8 +390,23 @@ def _validate(
         raise ValueError(f"Output folder {out} exists and is not a folder.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-    if recursive and out == inbox:
-        raise ValueError("out must not be the inbox itself when sorting recursively.")
+    if out == inbox:
+        raise ValueError(
+            f"The output folder {out} is the inbox itself: class folders would be mixed with the "
+            "unsorted images, and a recursive sort would sort them again. Choose another output "
+            f"folder, e.g. {inbox / 'sorted'} (left out when the inbox is read) or "
+            f"{inbox.with_name(inbox.name + '-sorted')}."
+        )
+
+
+@dataclass(frozen=True)
+class _Job:
+    """The settings every file of one sort shares."""
+
+    out: Path
+    threshold: float
+    others: str
+    move: bool
 
 
 def sort_folder(
@@ -338,16 +426,31 @@ def sort_folder(
     """Copy (or move) each image in ``inbox`` to ``out/<class>/`` by ``predict``'s top class.
 
     Images whose probability is below ``threshold`` go to ``out/<others>/``; images for
-    which ``predict`` returns an exception stay where they are and are reported in
-    ``skipped``. Every completed operation is appended to a JSON Lines manifest
-    (default ``out/sort-manifest.jsonl``, never overwriting an older one) that
-    :func:`undo_sort` reverses. ``dry_run`` only plans: nothing on disk changes.
+    which ``predict`` returns an exception, and symlinks, stay where they are and are reported
+    in ``skipped``. In copy mode a file whose bytes are already at its destination (or at one
+    of its ``_N`` names), e.g. from an earlier sort, is recorded as already sorted instead of
+    copied again. Every completed operation is appended to a JSON Lines manifest (default
+    ``out/sort-manifest.jsonl``, never overwriting an older one) that :func:`undo_sort`
+    reverses. ``dry_run`` only plans (without a progress bar): nothing on disk changes.
+
+    Raises ValueError for bad arguments (``out`` may not be the inbox itself) and
+    :class:`SortInterrupted`, carrying the partial result, on Ctrl-C: the file being placed
+    is finished and recorded first.
     """
     inbox, out = Path(inbox).resolve(), Path(out).resolve()
-    _validate(inbox, out, threshold, others, batch_size, recursive)
-    files = _collect(inbox, out, recursive)
+    _validate(inbox, out, threshold, others, batch_size)
+    listing = list_images(inbox, recursive=recursive, exclude=out)
+    left_out = [(p, _SYMLINK_REASON) for p in listing.symlinks] + listing.unreadable
     manifest = Path(manifest).resolve() if manifest else out / MANIFEST_NAME
-    result = SortResult(manifest=manifest, counts={}, skipped=[], dry_run=dry_run, moved=move)
+    result = SortResult(
+        manifest=manifest,
+        counts={},
+        skipped=[],
+        dry_run=dry_run,
+        moved=move,
+        not_searched=listing.not_searched,
+    )
+    job = _Job(out=out, threshold=threshold, others=others, move=move)
     header = {
         "type": "header",
         "version": MANIFEST_VERSION,
@@ -356,20 +459,27 @@ def sort_folder(
         "threshold": threshold,
         "others": others,
         "move": move,
+        "recursive": recursive,
         "created": datetime.now().astimezone().isoformat(timespec="seconds"),
     }
+    writer = None
     if dry_run:
         result.manifest = next(_free_manifest_path(manifest))
-        _run_sort(files, predict, out, threshold, others, move, batch_size, progress, result, None)
-        return result
-    writer = _ManifestWriter(manifest, header)
-    result.manifest = writer.path
+    else:
+        writer = _ManifestWriter(manifest, header)
+        result.manifest = writer.path
     try:
-        _run_sort(
-            files, predict, out, threshold, others, move, batch_size, progress, result, writer
-        )
+        for path, reason in left_out:
+            with _sigint_deferred():
+                result.skipped.append((path, reason))
+                if writer is not None:
+                    writer.write(_entry(path, reason=reason))
+        _run_sort(listing.paths, predict, job, batch_size, progress and not dry_run, result, writer)
+    except KeyboardInterrupt as exc:
+        raise SortInterrupted(result) from exc
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
     return result
 
 
@@ -389,48 +499,47 @@ def _predict_batch(predict: PredictFn, batch: list[Path]) -> list[Prediction | E
 def _run_sort(
     files: list[Path],
     predict: PredictFn,
-    out: Path,
-    threshold: float,
-    others: str,
-    move: bool,
+    job: _Job,
     batch_size: int,
     progress: bool,
     result: SortResult,
     writer: _ManifestWriter | None,
 ) -> None:
-    reserved: set[Path] = set()
+    planned: dict[Path, Path] = {}
     with _progress(progress) as bar:
         task = bar.add_task("Sorting", total=len(files))
         for batch in _batches(files, batch_size):
             preds = _predict_batch(predict, batch)
             for src, pred in zip(batch, preds, strict=True):
                 with _sigint_deferred():
-                    _sort_one(src, pred, out, threshold, others, move, result, writer, reserved)
+                    _sort_one(src, pred, job, result, writer, planned)
                 bar.advance(task)
 
 
 def _sort_one(
     src: Path,
     pred: Prediction | Exception,
-    out: Path,
-    threshold: float,
-    others: str,
-    move: bool,
+    job: _Job,
     result: SortResult,
     writer: _ManifestWriter | None,
-    reserved: set[Path],
+    planned: dict[Path, Path],
 ) -> None:
     """Place one file (or plan it, when ``writer`` is None) and record the outcome."""
     label: dict[str, Any] = {}
+    sha = None
     try:
-        folder, name, prob = _route(pred, threshold, others)
+        folder, name, prob = _route(pred, job.threshold, job.others)
         label = {"class": name, "probability": prob}
-        target = out / folder / src.name
+        target = job.out / folder / src.name
         if writer is None:
-            dest = _plan_dest(target, reserved)
+            dest, already = _plan_dest(src, target, planned, job.move)
+        elif job.move:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            dest, sha = _transfer(src, target, move=True)
+            already = False
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
-            dest, sha = _transfer(src, target, move=move)
+            dest, sha, already = _copy_unless_present(src, target)
     except (OSError, ValueError) as exc:
         reason = str(exc) or type(exc).__name__
         result.skipped.append((src, reason))
@@ -438,17 +547,11 @@ def _sort_one(
             writer.write(_entry(src, **label, sha256=_sha_or_none(src), reason=reason))
         return
     result.counts[folder] = result.counts.get(folder, 0) + 1
-    result.placements.append((src, dest))
+    result.placements.append(Placement(src, dest, name, prob, already_sorted=already))
     if writer is not None:
+        action = ALREADY_SORTED if already else "move" if job.move else "copy"
         writer.write(
-            _entry(
-                src,
-                **label,
-                destination=str(dest),
-                sha256=sha,
-                action="move" if move else "copy",
-                status="done",
-            )
+            _entry(src, **label, destination=str(dest), sha256=sha, action=action, status="done")
         )
 
 
@@ -468,15 +571,34 @@ def _read_manifest(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], li
             problems.append(f"last line is incomplete and was ignored: {line[:80]!r}")
     if not records or records[0].get("type") != "header":
         raise ValueError(f"{path} is not a pixtell sort manifest (no header line).")
-    if records[0].get("version") != MANIFEST_VERSION:
+    if records[0].get("version") not in _READABLE_VERSIONS:
         raise ValueError(f"Manifest {path} has unsupported version {records[0].get('version')}.")
     entries = [r for r in records[1:] if r.get("type") == "entry" and r.get("status") == "done"]
     return records[0], entries, problems
 
 
+def _source_is_link(src: Path, dest: Path) -> bool:
+    """True when ``src`` is a symlink, or leads to ``dest`` itself through a linked folder.
+
+    Deleting ``dest`` could then take away what ``src`` shows, so ``src`` counts as occupied
+    by something other than the sorted file: undo keeps ``dest`` and reports it.
+    """
+    if src.is_symlink():
+        return True
+    try:
+        return src.exists() and src.resolve() == dest.resolve()
+    except OSError:  # e.g. a symlink loop: not ours to judge, keep everything
+        return True
+
+
 def _undo_move(entry: dict[str, Any], result: UndoResult) -> None:
     src, dest, sha = Path(entry["source"]), Path(entry["destination"]), entry["sha256"]
-    if src.exists() or src.is_symlink():
+    if _source_is_link(src, dest):
+        result.problems.append(
+            (src, f"source path holds a symlink (or a linked folder); {dest} left in place")
+        )
+        return
+    if src.exists():
         if _sha_or_none(src) != sha:
             result.problems.append(
                 (src, f"source path is occupied by a different file; {dest} left in place")
@@ -506,11 +628,37 @@ def _undo_copy(entry: dict[str, Any], result: UndoResult) -> None:
         return
     if _sha_or_none(dest) != sha:
         result.problems.append((dest, "copy was modified after sorting; left in place"))
+    elif _source_is_link(src, dest):
+        result.problems.append(
+            (dest, f"original {src} is now a symlink (or in a linked folder); copy kept")
+        )
+    elif not src.exists():
+        result.problems.append(
+            (dest, f"original {src} is gone, so this copy is now the only one; copy kept")
+        )
     elif _sha_or_none(src) != sha:
-        result.problems.append((dest, f"original {src} is gone or changed; copy kept"))
+        result.problems.append((dest, f"original {src} changed after sorting; copy kept"))
     else:
         dest.unlink()
         result.removed_copies += 1
+
+
+def _undo_already_sorted(entry: dict[str, Any], result: UndoResult) -> None:
+    """The file was in place before that sort (an earlier sort made it): it stays."""
+    result.already_sorted += 1
+
+
+def _undo_unknown(entry: dict[str, Any], result: UndoResult) -> None:
+    result.problems.append(
+        (Path(entry["source"]), f"unknown action {entry.get('action')!r}; left as it is")
+    )
+
+
+_UNDO: dict[str, Callable[[dict[str, Any], UndoResult], None]] = {
+    "move": _undo_move,
+    "copy": _undo_copy,
+    ALREADY_SORTED: _undo_already_sorted,
+}
 
 
 def _remove_empty_folders(folders: Iterable[Path], out: Path) -> None:
@@ -542,9 +690,11 @@ def undo_sort(manifest: Path, *, progress: bool = True) -> UndoResult:
     """Reverse the sort recorded in ``manifest`` (last operation first).
 
     Moved files go back to their source (never over a different file); copies are
-    deleted only if unchanged and the original is still there. Class folders left
-    empty are removed. When no problem remains the manifest is renamed to
-    ``<name>.undone``; otherwise it stays, and undo can be run again after fixing them.
+    deleted only if unchanged and the original is still there. A source path that now
+    holds a symlink counts as occupied: nothing it could lead to is deleted. Files that were
+    already sorted before that sort stay. Class folders left empty are removed. When no
+    problem remains the manifest is renamed to ``<name>.undone``; otherwise it stays, and
+    undo can be run again after fixing them.
     """
     manifest = Path(manifest)
     if manifest.name.endswith(UNDONE_SUFFIX) or (
@@ -559,7 +709,7 @@ def undo_sort(manifest: Path, *, progress: bool = True) -> UndoResult:
         task = bar.add_task("Undoing", total=len(entries))
         for entry in reversed(entries):
             with _sigint_deferred():
-                (_undo_move if entry["action"] == "move" else _undo_copy)(entry, result)
+                _UNDO.get(entry.get("action", ""), _undo_unknown)(entry, result)
             bar.advance(task)
     out = Path(header["out"])
     _remove_empty_folders((Path(e["destination"]).parent for e in entries), out)
