@@ -621,6 +621,22 @@ def test_interrupted_sort_leaves_a_consistent_manifest(
     assert snapshot(inbox) == files and snapshot(out) == {}
 
 
+def test_interrupted_dry_run_reports_its_plan_so_far(inbox: Path, tmp_path: Path) -> None:
+    write_files(inbox, ["a.png", "b.png", "c.png"])
+
+    def predict(paths: list[Path]) -> list[Prediction | Exception]:
+        if paths[0].name == "b.png":
+            raise KeyboardInterrupt
+        return [("cat", 0.9)] * len(paths)
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        sort_folder(inbox, predict, tmp_path / "out", dry_run=True, batch_size=1, progress=False)
+    assert isinstance(info.value, SortInterrupted)
+    assert info.value.result.verb == "would sort"
+    assert [p.source.name for p in info.value.result.placements] == ["a.png"]
+    assert not (tmp_path / "out").exists()
+
+
 def test_interrupt_between_link_and_unlink_loses_nothing(
     inbox: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
