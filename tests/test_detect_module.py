@@ -175,6 +175,8 @@ def test_fit_logs_losses_and_validation_map() -> None:
         assert 0.0 <= float(metrics[key]) <= 1.0
     for key in ("train_loss", "train_loss_classification", "train_loss_bbox_regression"):
         assert torch.isfinite(metrics[key])
+    # checkpoints hold the detector once, under net. (what read_state_dict strips)
+    assert set(module.state_dict()) == {f"net.{k}" for k in module.net.state_dict()}
 
 
 def test_coco_map_matches_torchmetrics_and_ignores_padding_duplicates() -> None:

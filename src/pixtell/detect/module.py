@@ -152,7 +152,6 @@ class DetectionModule(L.LightningModule):
             weights=weights,
             **(arch_kwargs or {}),
         )
-        self.backbone = self.net.get_submodule(backbone_path(arch))
         if train_mode == "head":
             self.backbone.requires_grad_(False)
         names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
@@ -161,6 +160,12 @@ class DetectionModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self.train()  # also after a user's .eval() or a checkpoint restore
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The part of ``net`` that ``head`` freezes and ``split`` trains at a lower LR."""
+        # looked up, not stored: an attribute would register it twice in the state dict
+        return self.net.get_submodule(backbone_path(self.hparams.arch))
 
     def train(self, mode: bool = True) -> DetectionModule:
         # A frozen backbone stays in eval mode: BatchNorm running statistics must not drift.
