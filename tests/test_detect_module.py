@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import io
-import sys
-import types
 from types import SimpleNamespace
 
 import lightning as L
@@ -17,54 +12,8 @@ from torchmetrics.detection import MeanAveragePrecision
 from torchvision.transforms.functional import pil_to_tensor
 
 from pixtell.data.demo import SHAPES, render_scene
+from pixtell.detect.data import collate
 from pixtell.detect.module import CocoMAP, DetectionModule
-
-
-def _stub_to_coco(images, class_names, gt_boxes, gt_labels, pred_boxes, pred_labels, pred_scores):  # noqa: ANN001, ANN202
-    def xywh(b: np.ndarray) -> list[float]:
-        x0, y0, x1, y1 = (float(v) for v in b)
-        return [x0, y0, x1 - x0, y1 - y0]
-
-    anns = [
-        {"image_id": img["id"], "category_id": int(lab), "bbox": xywh(b), "iscrowd": 0}
-        for img, boxes, labels in zip(images, gt_boxes, gt_labels, strict=True)
-        for b, lab in zip(boxes, labels, strict=True)
-    ]
-    for i, ann in enumerate(anns, 1):
-        ann.update(id=i, area=ann["bbox"][2] * ann["bbox"][3])
-    cats = [{"id": i, "name": n} for i, n in enumerate(class_names)]
-    results = [
-        {"image_id": img["id"], "category_id": int(lab), "bbox": xywh(b), "score": float(s)}
-        for img, boxes, labels, scores in zip(
-            images, pred_boxes, pred_labels, pred_scores, strict=True
-        )
-        for b, lab, s in zip(boxes, labels, scores, strict=True)
-    ]
-    return {"images": images, "annotations": anns, "categories": cats}, results
-
-
-def _stub_coco_eval(gt_dict, results):  # noqa: ANN001, ANN202
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO()
-        gt.dataset = gt_dict
-        gt.createIndex()
-        ev = COCOeval(gt, gt.loadRes(results), "bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return {"map": ev.stats[0], "map_50": ev.stats[1], "map_75": ev.stats[2]}
-
-
-@pytest.fixture(autouse=True)
-def detection_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Until ``pixtell.metrics.detection`` lands, a pycocotools stand-in with its API."""
-    if importlib.util.find_spec("pixtell.metrics.detection") is None:
-        stub = types.ModuleType("pixtell.metrics.detection")
-        stub.to_coco, stub.coco_eval = _stub_to_coco, _stub_coco_eval
-        monkeypatch.setitem(sys.modules, "pixtell.metrics.detection", stub)
 
 
 def _scenes(n: int, seed: int) -> list[tuple[torch.Tensor, dict]]:
@@ -82,9 +31,7 @@ def _scenes(n: int, seed: int) -> list[tuple[torch.Tensor, dict]]:
 
 
 def _loader(items: list, batch_size: int = 4) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(
-        items, batch_size, collate_fn=lambda b: tuple(zip(*b, strict=True))
-    )
+    return torch.utils.data.DataLoader(items, batch_size, collate_fn=collate)
 
 
 def _trainer(**kw: object) -> L.Trainer:

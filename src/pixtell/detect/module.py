@@ -211,7 +211,8 @@ class DetectionModule(L.LightningModule):
         result = self.val_map.compute()  # gathers every rank's images under DDP
         self.val_map.reset()
         for key in ("map", "map_50", "map_75"):
-            value = torch.tensor(float(result[key]), device=self.device)
+            # NaN (no ground-truth box at all) would break checkpoint monitors: log it as 0
+            value = torch.tensor(float(result[key]), device=self.device).nan_to_num(0.0)
             self.log(f"val_{key}", value, prog_bar=key != "map_75", sync_dist=True)
 
     # -- optimisation ---------------------------------------------------------------------
