@@ -314,11 +314,6 @@ def test_dry_run_shows_no_progress_bar(
     assert shown == [False, True]
 
 
-def test_placement_unpacks_as_source_and_destination() -> None:
-    src, dest = Placement(Path("a.png"), Path("out/cat/a.png"), "cat", 0.7)
-    assert (src, dest) == (Path("a.png"), Path("out/cat/a.png"))
-
-
 def test_verb_says_what_happened(inbox: Path, tmp_path: Path) -> None:
     write_files(inbox, ["a.png"])
     predict = fake_predict({"a.png": ("cat", 0.9)})

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import typer
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pixtell.config import ClassifyTrainConfig, TrainerSettings
@@ -103,7 +104,9 @@ def _option_for(
         return bool | None, typer.Option(None, f"{flag}/--no-{flag[2:]}", help=description)
     if origin is list:
         # typer takes no list[Literal]: plain strings here, pydantic validates the choices
-        return list[str] | None, typer.Option(None, flag, help=description)
+        choices = [a for arg in args for a in typing.get_args(arg)]
+        metavar = "|".join(map(str, choices)) if choices else "TEXT"
+        return list[str] | None, typer.Option(None, flag, help=description, metavar=metavar)
     return annotation | None, typer.Option(None, flag, help=description)
 
 
@@ -186,14 +189,16 @@ def _friendly_errors() -> Iterator[None]:
     try:
         yield
     except TrainingInterrupted as exc:
-        err.print(f"[yellow]interrupted[/]: best weights so far exported to {exc.run.dir}")
-        err.print(f"resume with: {exc.command}")
+        err.print(
+            f"[yellow]interrupted[/]: best weights so far exported to {escape(str(exc.run.dir))}"
+        )
+        err.print(f"resume with: {escape(exc.command)}")
         raise typer.Exit(130) from None
     except SortInterrupted as exc:
         res = exc.result
         err.print(f"[yellow]interrupted[/]: {len(res.placements)} files {res.verb} so far")
         if not res.dry_run and res.placements:
-            err.print(f"undo with: pixtell classify sort --undo {_quote(res.manifest)}")
+            err.print(escape(f"undo with: pixtell classify sort --undo {_quote(res.manifest)}"))
         raise typer.Exit(130) from None
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
@@ -202,7 +207,7 @@ def _friendly_errors() -> Iterator[None]:
         if debug:
             raise
         text = " ".join(str(exc).split())  # always one line
-        err.print(f"[red]error:[/] {text}")
+        err.print(f"[red]error:[/] {escape(text)}")
         raise typer.Exit(2) from None
 
 
@@ -285,7 +290,7 @@ def classify_evaluate(
         res = classify.evaluate(
             run, data=data, tta=tta, batch_size=batch_size, max_pixels=max_pixels
         )
-    console.print(f"report: {res.report}")
+    console.print(f"report: {escape(str(res.report))}")
 
 
 def _listing_notes(listing: Any, recursive: bool) -> None:
@@ -296,9 +301,11 @@ def _listing_notes(listing: Any, recursive: bool) -> None:
             "(add --recursive)"
         )
     for path in listing.symlinks:
-        err.print(f"[yellow]skipped[/] {path}: symbolic link (pass the file it points to)")
+        err.print(
+            f"[yellow]skipped[/] {escape(str(path))}: symbolic link (pass the file it points to)"
+        )
     for folder, reason in listing.unreadable:
-        err.print(f"[yellow]skipped[/] {folder}: {reason}")
+        err.print(f"[yellow]skipped[/] {escape(str(folder))}: {escape(reason)}")
 
 
 @classify_app.command("predict")
@@ -381,11 +388,11 @@ def classify_sort(
         if undo is not None:
             res = classify.undo_sort(undo)
             console.print(
-                f"restored {res.restored} moved files, removed {res.removed_copies} "
-                f"copies; {len(res.problems)} problems"
+                f"restored {res.restored} moved files, removed {res.removed_copies} copies, "
+                f"kept {res.already_sorted} files sorted before; {len(res.problems)} problems"
             )
             for path, reason in res.problems:
-                err.print(f"[yellow]problem[/] {path}: {reason}")
+                err.print(f"[yellow]problem[/] {escape(str(path))}: {escape(reason)}")
             raise typer.Exit(1 if res.problems else 0)
         missing = [
             name
@@ -411,7 +418,9 @@ def classify_sort(
         )
     if res.dry_run:
         for p in res.placements:
-            console.print(f"{p.source} → {p.destination}  ({p.label} {p.probability:.3f})")
+            extra = " already there" if p.already_sorted else ""
+            line = f"{p.source} → {p.destination}  ({p.label} {p.probability:.3f}){extra}"
+            console.print(escape(line))
     table = Table("folder", "images", title=res.verb)
     for name, n in sorted(res.counts.items()):
         table.add_row(name, str(n))
@@ -422,10 +431,12 @@ def classify_sort(
             "(add --recursive)"
         )
     for path, reason in res.skipped:
-        err.print(f"[yellow]skipped[/] {path}: {reason}")
+        err.print(f"[yellow]skipped[/] {escape(str(path))}: {escape(reason)}")
     if not res.dry_run:
-        console.print(f"{sum(res.counts.values())} files {res.verb}; manifest: {res.manifest}")
-        console.print(f"undo with: pixtell classify sort --undo {_quote(res.manifest)}")
+        console.print(
+            escape(f"{sum(res.counts.values())} files {res.verb}; manifest: {res.manifest}")
+        )
+        console.print(escape(f"undo with: pixtell classify sort --undo {_quote(res.manifest)}"))
 
 
 # -- shared commands -------------------------------------------------------------------------

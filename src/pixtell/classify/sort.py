@@ -78,10 +78,6 @@ class Placement:
     probability: float
     already_sorted: bool = False  # copy mode: the same bytes were already at ``destination``
 
-    def __iter__(self) -> Iterator[Path]:
-        """Unpack as ``(source, destination)``, like the plain tuples of earlier versions."""
-        return iter((self.source, self.destination))
-
 
 @dataclass
 class SortResult:

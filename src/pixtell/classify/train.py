@@ -43,7 +43,8 @@ class ClassifyRecipe(engine.Recipe):
         )
         for path, reason in scan.skipped:
             console.print(f"[yellow]skipped[/] {path}: {reason}")
-        for group in scan.duplicates:
+        conflicts = {tuple(g) for g in getattr(scan, "conflicts", [])}
+        for group in (g for g in scan.duplicates if tuple(g) not in conflicts):
             console.print(
                 "[yellow]duplicate images[/] (kept in one split): " + ", ".join(map(str, group))
             )
