@@ -164,3 +164,50 @@ def test_sort_then_undo_through_a_model(
     assert len(res.skipped) == 1
     classify.undo_sort(res.manifest)
     assert {p.name: file_sha256(p) for p in inbox.iterdir()} == before
+
+
+def test_accuracy_on_imbalanced_data_is_not_a_mean_of_recalls() -> None:
+    from sklearn.metrics import balanced_accuracy_score
+
+    from pixtell.metrics.classification import classification_metrics
+
+    # 90 images of class 0 (all right), 10 of class 1 (all wrong): accuracy 0.9, mean recall 0.5
+    y = np.array([0] * 90 + [1] * 10)
+    probs = np.tile([0.8, 0.2], (100, 1))
+    m = classification_metrics(y, probs, ["common", "rare"])
+    pred = probs.argmax(1)
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, pred)) == pytest.approx(0.9)
+    assert m["macro_recall"] == pytest.approx(balanced_accuracy_score(y, pred))
+    assert m["accuracy"] != pytest.approx(m["macro_recall"])
+
+
+def test_report_is_one_self_contained_file(
+    evaluated: classify.EvalResult, trained_run: classify.Run
+) -> None:
+    html = evaluated.report.read_text(encoding="utf-8")
+    assert "<img src='data:image/png;base64," in html
+    assert "<img src='confusion" not in html  # figures embedded, not linked
+    for part in ("Run", "split (images)", "training time", "Correct predictions", "Accuracy"):
+        assert part in html, part
+    assert str(trained_run.config["data"]) in html
+    # six classes: top-5 accuracy says nothing and is left out; readable names are used
+    assert "top5" not in html and "macro_f1" not in html and "Macro F1" in html
+
+
+def test_evaluations_of_same_named_folders_do_not_overwrite(
+    trained_run: classify.Run, shapes_dir: Path, tmp_path: Path
+) -> None:
+    dirs = []
+    for parent in ("a", "b"):
+        data = tmp_path / parent / "holdout"
+        (data / "star").mkdir(parents=True)
+        for p in sorted((shapes_dir / "star").iterdir())[:2]:
+            shutil.copy(p, data / "star" / p.name)
+        res = classify.evaluate(trained_run, data=data)
+        assert res.metrics["data"] == str(data.resolve())
+        dirs.append(res.dir)
+    assert dirs[0] != dirs[1] and all((d / "metrics.json").is_file() for d in dirs)
+    again = classify.evaluate(trained_run, data=tmp_path / "a" / "holdout")
+    assert again.dir == dirs[0]
+    shutil.rmtree(dirs[0])
+    shutil.rmtree(dirs[1])
