@@ -124,3 +124,34 @@ def test_help_fits_80_columns_and_shows_real_defaults() -> None:
     assert "--no-freeze-backbone" in res.output and "mobilenet_v3_small" in res.output
     assert max(len(x) for x in res.output.splitlines()) <= 80
     assert runner.invoke(app, ["--version"]).output.startswith("pixtell ")
+
+
+def test_ctrl_c_during_sort_prints_the_undo_command(
+    trained_run: classify.Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pixtell.classify.sort import Placement, SortInterrupted, SortResult
+
+    manifest = tmp_path / "out" / "sort-manifest.jsonl"
+    done = SortResult(manifest, {"star": 1}, [], dry_run=False, moved=True)
+    done.placements.append(Placement(tmp_path / "a.png", tmp_path / "out/star/a.png", "star", 0.9))
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise SortInterrupted(done)
+
+    monkeypatch.setattr(classify, "sort", interrupted)
+    res = runner.invoke(
+        app, ["classify", "sort", str(tmp_path), "--model", str(trained_run.dir), "--out", "o"]
+    )
+    assert res.exit_code == 130 and "1 files moved so far" in res.output
+    assert f"pixtell classify sort --undo {manifest}" in res.output
+
+
+def test_max_pixels_is_recorded_and_honoured(trained_run: classify.Run) -> None:
+    import json
+
+    meta = json.loads((trained_run.dir / "model.json").read_text())
+    assert meta["max_pixels"] == trained_run.config["max_pixels"]
+    img = next((Path(trained_run.config["data"]) / "star").iterdir())
+    (ok,) = classify.predict(trained_run, [img])
+    (refused,) = classify.predict(trained_run, [img], max_pixels=100)
+    assert ok.error is None and refused.error and "pixels" in refused.error
