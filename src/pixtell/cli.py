@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from pixtell.config import ClassifyTrainConfig, TrainerSettings
+from pixtell.config import CaptionTrainConfig, ClassifyTrainConfig, TrainerSettings
 
 app = typer.Typer(
     help="pixtell: train, evaluate, explain and deploy small vision models on your own images.",
@@ -474,6 +474,136 @@ def demo_cmd(
     with _friendly_errors():
         report = run_demo(out, n_per_class=n_per_class, epochs=epochs, seed=seed)
     console.print(f"[bold green]demo finished[/]: open {report}")
+
+
+# -- caption ---------------------------------------------------------------------------------
+caption_app = typer.Typer(
+    help="Image captioning: train, evaluate, predict.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(caption_app, name="caption")
+
+
+def _caption_train(config_file: Path | None, resume: Path | None = None, **given: Any) -> None:
+    from pixtell import caption
+
+    given = {k: v for k, v in given.items() if v is not None}
+    if resume is None and "data" not in given and config_file is None:
+        raise ValueError("give the DATA folder or file (or --config FILE, or --resume RUN)")
+    caption.train(config_file=config_file, resume=resume, **given)
+
+
+config_command(
+    caption_app,
+    "train",
+    CaptionTrainConfig,
+    _caption_train,
+    positional=("data",),
+    extra=[
+        inspect.Parameter(
+            "resume",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=Path | None,
+            default=typer.Option(None, "--resume", help="Continue RUN from its last.ckpt."),
+        )
+    ],
+    help="Train a captioner on Flickr8k (captions.txt or Flickr8k.token.txt), a COCO "
+    "captions JSON, a Karpathy split JSON or pixtell demo scenes.",
+)
+
+BeamOpt = Annotated[
+    int, typer.Option("--beam-size", "--beam", min=1, help="Beam width (1: greedy).")
+]
+
+
+@caption_app.command("evaluate")
+def caption_evaluate(
+    run: RunArg,
+    split: Annotated[
+        Literal["test", "val", "train"], typer.Option(help="Which split of the run to score.")
+    ] = "test",
+    beam_size: BeamOpt = 3,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 32,
+    max_pixels: MaxPixelsOpt = None,
+    meteor: Annotated[
+        bool | None,
+        typer.Option(
+            "--meteor/--no-meteor",
+            help="METEOR (needs Java). Default: when Java is installed.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """BLEU-1..4, METEOR, ROUGE-L, CIDEr of really decoded captions; report.html for a run."""
+    from pixtell import caption
+
+    with _friendly_errors():
+        res = caption.evaluate(
+            run,
+            split=split,
+            beam_size=beam_size,
+            batch_size=batch_size,
+            max_pixels=max_pixels,
+            meteor=meteor,
+        )
+    console.print(f"report: {escape(str(res.report))}")
+
+
+@caption_app.command("predict")
+def caption_predict(
+    run: RunArg,
+    images: Annotated[list[Path], typer.Argument(help="Image files and/or folders.")],
+    beam_size: BeamOpt = 5,
+    attention: Annotated[
+        bool,
+        typer.Option(
+            "--attention", help="Write a PNG per image: a heat-map per word.", show_default=False
+        ),
+    ] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Folder for the --attention PNGs. Default: RUN/attention."),
+    ] = None,
+    recursive: RecursiveOpt = False,
+    max_pixels: MaxPixelsOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per line.", show_default=False)
+    ] = False,
+) -> None:
+    """Caption images: a table, or JSON lines (path, caption, error) with --json."""
+    from pixtell import caption
+    from pixtell.data.folders import list_images
+
+    with _friendly_errors():
+        listing = list_images(images, recursive=recursive)
+        _listing_notes(listing, recursive)
+        preds = caption.predict(
+            run,
+            listing.paths + listing.missing,
+            beam_size=beam_size,
+            attention=attention,
+            out=out,
+            max_pixels=max_pixels,
+        )
+    if as_json:
+        for p in preds:
+            row = {"path": str(p.path), "caption": p.caption, "error": p.error}
+            if attention:
+                row["attention"] = str(p.attention) if p.attention else None
+            print(_dumps(row))
+    else:
+        table = Table("image", "caption", *(["attention"] if attention else []))
+        for p in preds:
+            cells = [escape(str(p.path)), escape(p.caption) if not p.error else ""]
+            if p.error:
+                cells[1] = f"[red]unreadable[/]: {escape(p.error)}"
+            if attention:
+                cells.append(escape(str(p.attention or "")))
+            table.add_row(*cells)
+        console.print(table)
+    if any(p.error for p in preds):
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -115,6 +115,88 @@ class ClassifyTrainConfig(TrainerSettings):
         return self
 
 
+class CaptionTrainConfig(TrainerSettings):
+    """Everything ``pixtell caption train`` needs; written to ``config.yaml`` in the run."""
+
+    data: Path = Field(
+        description="Flickr8k folder, COCO captions JSON, Karpathy JSON or demo folder."
+    )
+    format: Literal["flickr8k", "coco", "karpathy", "demo"] | None = Field(
+        None, description="Force the annotation format [default: detected]"
+    )
+    images: Path | None = Field(None, description="Image folder [default: found beside DATA]")
+    model: Literal["show_attend_tell", "show_tell"] = Field(
+        "show_attend_tell", description="Caption model (see `pixtell models --task caption`)."
+    )
+    encoder: str = Field("small_cnn", description="Any classification backbone of the registry.")
+    pretrained: bool | None = Field(
+        None, description="ImageNet weights for the encoder [default: when it has them]"
+    )
+    weights: Path | None = Field(None, description="Encoder weights from a local file.")
+    attention: Literal["soft", "hard"] = Field(
+        "soft", description="show_attend_tell: soft (Bahdanau) or hard (REINFORCE) attention."
+    )
+    grid: int | None = Field(
+        None, ge=1, description="Pool the feature map to GRID x GRID [default: as it comes]"
+    )
+    img_size: int | None = Field(None, ge=8, description="Input size [default: the encoder's]")
+    embed_dim: int = Field(128, ge=1, description="Word embedding size.")
+    hidden_dim: int = Field(256, ge=1, description="LSTM hidden size.")
+    attention_dim: int = Field(128, ge=1, description="show_attend_tell: attention layer size.")
+    dropout: float = Field(0.3, ge=0, lt=1, description="Dropout before the word layer.")
+    min_word_count: int = Field(
+        5, ge=1, description="Words seen fewer times in training captions become <unk>."
+    )
+    max_len: int = Field(20, ge=2, description="Longest caption (words) trained and decoded.")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="adamw or sgd.")
+    lr: float = Field(2e-3, gt=0, description="Peak learning rate of the decoder.")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay (not on norms/biases).")
+    momentum: float = Field(0.9, ge=0, description="SGD momentum.")
+    scheduler: Literal["cosine", "step", "plateau", "none"] = Field(
+        "cosine", description="LR schedule, stepped every batch (plateau: every epoch)."
+    )
+    warmup_epochs: float = Field(0.0, ge=0, description="Linear LR warm-up (epochs).")
+    step_size: int = Field(10, ge=1, description="Epochs between decays for --scheduler step.")
+    gamma: float = Field(0.1, gt=0, le=1, description="Decay factor for step and plateau.")
+    fine_tune_encoder_after: int | None = Field(
+        None,
+        ge=0,
+        description="Train the encoder from epoch N on, at --encoder-lr (0: from the start) "
+        "[default: 0 without pretrained weights, else frozen]",
+    )
+    encoder_lr: float | None = Field(
+        None,
+        gt=0,
+        description="Learning rate of a trained encoder [default: --lr from scratch, "
+        "else --lr / 10]",
+    )
+    cache_features: bool = Field(
+        True, description="Compute a frozen encoder's features once, cached on disk."
+    )
+    cache_dir: Path | None = Field(
+        None, description="Feature cache folder [default: $PIXTELL_CACHE or ~/.cache/pixtell]"
+    )
+    attention_reg: float = Field(
+        1.0, ge=0, description="Doubly stochastic attention regularisation (lambda)."
+    )
+    reinforce_weight: float = Field(1.0, ge=0, description="Hard attention: REINFORCE weight.")
+    entropy_weight: float = Field(0.01, ge=0, description="Hard attention: entropy bonus.")
+    grad_clip: float = Field(5.0, ge=0, description="Clip the gradient norm (0: off).")
+    beam_size: int = Field(3, ge=1, description="Beam size of validation decoding (1: greedy).")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of images for validation.")
+    test_fraction: float = Field(0.1, ge=0, lt=1, description="Share of images for testing.")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Refuse larger images.")
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> CaptionTrainConfig:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                f"--val-fraction ({self.val_fraction}) + --test-fraction ({self.test_fraction}) "
+                "must be below 1, leaving images to train on"
+            )
+        return self
+
+
 # Names people bring from other tools, mapped to ours (for "did you mean" hints).
 ALIASES = {
     "learning_rate": "lr",
