@@ -19,7 +19,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from pixtell.config import CaptionTrainConfig, ClassifyTrainConfig, TrainerSettings
+from pixtell.config import (
+    CaptionTrainConfig,
+    ClassifyTrainConfig,
+    DetectTrainConfig,
+    TrainerSettings,
+)
 
 app = typer.Typer(
     help="pixtell: train, evaluate, explain and deploy small vision models on your own images.",
@@ -602,6 +607,164 @@ def caption_predict(
                 cells.append(escape(str(p.attention or "")))
             table.add_row(*cells)
         console.print(table)
+    if any(p.error for p in preds):
+        raise typer.Exit(1)
+
+
+# -- detect ----------------------------------------------------------------------------------
+detect_app = typer.Typer(
+    help="Object detection: analyze, convert, train, evaluate, predict.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(detect_app, name="detect")
+DetectFormatOpt = Annotated[
+    Literal["voc", "coco", "yolo"] | None,
+    typer.Option("--format", help="Force the dataset format [default: detected]"),
+]
+
+
+@detect_app.command("analyze")
+def detect_analyze(
+    data: Annotated[Path, typer.Argument(help="VOC or YOLO folder, or COCO JSON / folder.")],
+    dataset_format: DetectFormatOpt = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Output folder [default: runs/detect/analysis-<DATA name>]"),
+    ] = None,
+) -> None:
+    """Class balance, boxes per image, box sizes and shapes, positions, empty images: plots."""
+    from pixtell import detect
+
+    with _friendly_errors():
+        res = detect.analyze(data, out=out, format=dataset_format)
+    console.print(f"report: {escape(str(res.report))}")
+
+
+@detect_app.command("convert")
+def detect_convert(
+    src: Annotated[Path, typer.Argument(help="Dataset to convert (any format).")],
+    dest: Annotated[Path, typer.Argument(help="New folder (must not exist or be empty).")],
+    to: Annotated[Literal["coco", "voc", "yolo"], typer.Option("--to", help="Target format.")],
+    dataset_format: DetectFormatOpt = None,
+) -> None:
+    """Write a detection dataset in another format (images copied, boxes converted)."""
+    from pixtell import detect
+
+    with _friendly_errors():
+        path = detect.convert(src, dest, to=to, format=dataset_format)
+    console.print(f"written: {escape(str(path))}")
+
+
+def _detect_train(config_file: Path | None, resume: Path | None = None, **given: Any) -> None:
+    from pixtell import detect
+
+    given = {k: v for k, v in given.items() if v is not None}
+    if resume is None and "data" not in given and config_file is None:
+        raise ValueError("give the DATA dataset (or --config FILE, or --resume RUN)")
+    detect.train(config_file=config_file, resume=resume, **given)
+
+
+config_command(
+    detect_app,
+    "train",
+    DetectTrainConfig,
+    _detect_train,
+    positional=("data",),
+    extra=[
+        inspect.Parameter(
+            "resume",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=Path | None,
+            default=typer.Option(None, "--resume", help="Continue RUN from its last.ckpt."),
+        )
+    ],
+    help="Train a detector on a VOC, COCO or YOLO dataset (best checkpoint: validation mAP).",
+)
+ConfOpt = Annotated[
+    float, typer.Option(min=0.0, max=1.0, help="Score threshold for drawn boxes and counts.")
+]
+
+
+@detect_app.command("evaluate")
+def detect_evaluate(
+    run: Annotated[
+        Path | None, typer.Argument(help="Run directory (or a file in it).", show_default=False)
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split of the run's data to score.")] = "test",
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Instead of a run: a COCO ground-truth JSON (with --predictions)."),
+    ] = None,
+    predictions: Annotated[
+        Path | None, typer.Option(help="A COCO results JSON scored against --data.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder [default: RUN/eval]; needed with --data.")
+    ] = None,
+    conf: ConfOpt = 0.25,
+    iou: Annotated[
+        float, typer.Option(min=0.01, max=1.0, help="IoU for a match in the confusion matrix.")
+    ] = 0.5,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 8,
+) -> None:
+    """COCO mAP (equal to pycocotools), per-class AP, confusion matrix, PR curves, report."""
+    from pixtell import detect
+
+    with _friendly_errors():
+        if data is not None or predictions is not None:
+            if run is not None or data is None or predictions is None or out is None:
+                raise ValueError(
+                    "score files with --data GT.json --predictions DETS.json --out DIR (and no RUN)"
+                )
+            res = detect.evaluate_files(data, predictions, out, conf=conf, iou=iou)
+        elif run is None:
+            raise ValueError("give a RUN directory (or --data GT.json --predictions DETS.json)")
+        else:
+            res = detect.evaluate(
+                run, split=split, conf=conf, iou=iou, batch_size=batch_size, out=out
+            )
+    console.print(f"report: {escape(str(res.report))}")
+
+
+@detect_app.command("predict")
+def detect_predict(
+    run: RunArg,
+    images: Annotated[list[Path], typer.Argument(help="Image files and/or folders.")],
+    conf: Annotated[float, typer.Option(min=0.0, max=1.0, help="Lowest score kept.")] = 0.3,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder [default: a new RUN/predict]")
+    ] = None,
+    recursive: RecursiveOpt = False,
+    draw: Annotated[bool, typer.Option("--draw/--no-draw", help="Write drawn PNGs.")] = True,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per line.", show_default=False)
+    ] = False,
+) -> None:
+    """Detect objects: COCO results JSON and PNGs with boxes; a table or --json lines."""
+    from pixtell import detect
+
+    with _friendly_errors():
+        listing = detect.image_listing(images, recursive=recursive)
+        _listing_notes(listing, recursive)
+        preds = detect.predict(run, listing.paths + listing.missing, conf=conf, out=out, draw=draw)
+    if as_json:
+        for p in preds:
+            objects = [
+                {"class": c, "score": s, "box": b}
+                for c, s, b in zip(p.labels, p.scores, p.boxes, strict=True)
+            ]
+            print(_dumps({"path": str(p.path), "error": p.error, "objects": objects}))
+    else:
+        table = Table("image", "objects", "classes")
+        for p in preds:
+            if p.error:
+                table.add_row(escape(str(p.path)), "[red]unreadable[/]", escape(p.error))
+            else:
+                names = ", ".join(f"{c} {s:.2f}" for c, s in zip(p.labels, p.scores, strict=True))
+                table.add_row(escape(str(p.path)), str(len(p.labels)), escape(names))
+        console.print(table)
+        console.print(f"results: {escape(str(preds.results_json))}")
     if any(p.error for p in preds):
         raise typer.Exit(1)
 

@@ -115,6 +115,58 @@ class ClassifyTrainConfig(TrainerSettings):
         return self
 
 
+class DetectTrainConfig(TrainerSettings):
+    """Everything ``pixtell detect train`` needs; written to ``config.yaml`` in the run."""
+
+    data: Path = Field(description="Detection dataset: VOC or YOLO folder, or COCO JSON/folder.")
+    format: Literal["auto", "voc", "coco", "yolo"] = Field(
+        "auto", description="Dataset format (auto: detected from the layout)."
+    )
+    drop_empty: bool = Field(False, description="Leave out images without boxes.")
+    model: str = Field("tiny_fcos", description="Detector (see `pixtell models --task detect`).")
+    pretrained: bool | None = Field(
+        None, description="Start from COCO weights [default: when the model has them]"
+    )
+    weights: Path | None = Field(None, description="Start from a local .safetensors/state dict.")
+    img_size: int | None = Field(
+        None, ge=32, description="Shorter side the detector resizes to [default: the model's]"
+    )
+    train_mode: Literal["head", "full", "split"] = Field(
+        "full",
+        description="head: freeze the backbone (and its BatchNorm statistics); full: train "
+        "everything; split: everything, the backbone at --lr x --backbone-lr-mult.",
+    )
+    backbone_lr_mult: float = Field(
+        0.1, gt=0, le=1, description="Backbone LR multiplier for --train-mode split."
+    )
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="adamw or sgd.")
+    lr: float = Field(2e-3, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.05, ge=0, description="Weight decay (not on norms/biases).")
+    momentum: float = Field(0.9, ge=0, description="SGD momentum.")
+    scheduler: Literal["cosine", "step", "plateau", "none"] = Field(
+        "cosine", description="LR schedule, stepped every batch (plateau: every epoch)."
+    )
+    warmup_epochs: float = Field(0.5, ge=0, description="Linear LR warm-up (epochs).")
+    step_size: int = Field(10, ge=1, description="Epochs between decays for --scheduler step.")
+    gamma: float = Field(0.1, gt=0, le=1, description="Decay factor for step and plateau.")
+    monitor: Literal["val_map", "val_map_50"] = Field(
+        "val_map", description="Validation mAP for the best checkpoint and early stopping."
+    )
+    hflip: bool = Field(True, description="Random horizontal flips (boxes flip too).")
+    batch_size: int = Field(8, ge=1, description="Images per batch (per device).")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of images for validation.")
+    test_fraction: float = Field(0.1, ge=0, lt=1, description="Share of images for testing.")
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> DetectTrainConfig:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                f"--val-fraction ({self.val_fraction}) + --test-fraction ({self.test_fraction}) "
+                "must be below 1, leaving images to train on"
+            )
+        return self
+
+
 class CaptionTrainConfig(TrainerSettings):
     """Everything ``pixtell caption train`` needs; written to ``config.yaml`` in the run."""
 

@@ -1,0 +1,199 @@
+"""Detection through the shared run flow: train, evaluate, predict, resume rules, the CLI."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from typer.testing import CliRunner
+
+from pixtell import detect
+from pixtell.cli import app
+from pixtell.data.demo import SHAPES, make_detection_scenes
+from pixtell.detect.data import read_split, to_coco_dict
+from pixtell.detect.evaluate import match_detections
+from pixtell.detect.train import arch_kwargs
+
+FAST = dict(img_size=64, batch_size=4, num_workers=0, logger=["none"], progress=False, epochs=1)
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("det") / "scenes"
+    return make_detection_scenes(out, n_images=16, img_size=64, seed=3, progress=False)
+
+
+@pytest.fixture(scope="module")
+def run(scenes: Path, tmp_path_factory: pytest.TempPathFactory) -> detect.Run:
+    out = tmp_path_factory.mktemp("runs")
+    return detect.train(scenes, out=out, name="flow", val_fraction=0.25, **FAST)
+
+
+def _pycocotools(gt_file: Path, results_file: Path) -> np.ndarray:
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(gt_file))
+        dt = gt.loadRes(str(results_file))
+        ev = COCOeval(gt, dt, "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev.stats
+
+
+def _same(ours: float | None, ref: float) -> bool:
+    return (ours is None and ref < 0) or (
+        ours is not None and math.isclose(ours, ref, abs_tol=1e-9)
+    )
+
+
+def test_train_writes_a_complete_run(run: detect.Run) -> None:
+    files = {p.name for p in run.dir.iterdir()}
+    assert {"best.safetensors", "model.json", "split.json", "config.yaml", "last.ckpt"} <= files
+    meta = json.loads((run.dir / "model.json").read_text())
+    assert meta["task"] == "detect" and meta["arch"] == "tiny_fcos"
+    assert meta["class_names"] == list(SHAPES) and meta["arch_kwargs"] == {"img_size": 64}
+    assert 0 <= run.best_metrics["best_val_map"] <= 1
+    header = (run.dir / "metrics.csv").read_text().splitlines()[0].split(",")
+    # every FCOS loss component is logged on its own
+    for part in ("classification", "bbox_regression", "bbox_ctrness"):
+        assert f"train_loss_{part}" in header
+    ds, splits = read_split(run.dir / "split.json")
+    assert sorted(sum(splits.values(), [])) == list(range(16))
+    assert len(splits["val"]) == 4
+
+
+def test_evaluate_matches_pycocotools_and_writes_its_files(run: detect.Run) -> None:
+    res = detect.evaluate(run, conf=0.05)
+    assert res.dir == run.dir / "eval"
+    for name in ("confusion_matrix.png", "pr_curves.png", "preds.png", "report.html"):
+        assert (res.dir / name).is_file(), name
+    assert (run.dir / "report.html").is_file()
+    saved = json.loads((res.dir / "metrics.json").read_text())
+    ref = _pycocotools(res.dir / "ground_truth.json", res.dir / "predictions.json")
+    keys = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large")
+    keys += ("mar_1", "mar_10", "mar_100")
+    for k, r in zip(keys, ref[:9], strict=True):
+        assert _same(saved[k], r), (k, saved[k], r)
+    # the ground truth scored is the test split as recorded in split.json
+    ds, splits = read_split(run.dir / "split.json")
+    expected = to_coco_dict(ds, splits["test"])["annotations"]
+    written = json.loads((res.dir / "ground_truth.json").read_text())["annotations"]
+    flat = [v for a in written for v in a["bbox"]]
+    assert flat == pytest.approx([v for a in expected for v in a["bbox"]])
+    # confusion matrix: one row per class plus background; every box counted once in its row
+    cm = np.asarray(saved["confusion_matrix"])
+    assert cm.shape == (len(SHAPES) + 1, len(SHAPES) + 1)
+    assert cm[:-1].sum() == saved["n_boxes"] == len(expected)
+    assert cm[-1, -1] == 0
+
+
+def test_evaluate_files_scores_any_coco_pair(run: detect.Run, tmp_path: Path) -> None:
+    first = detect.evaluate(run, split="val")
+    assert first.dir == run.dir / "eval-val"
+    gt, dets = first.dir / "ground_truth.json", first.dir / "predictions.json"
+    res = detect.evaluate_files(gt, dets, tmp_path / "files")
+    ref = _pycocotools(gt, dets)
+    assert _same(res.metrics["map"], ref[0]) and _same(res.metrics["map_50"], ref[1])
+    assert res.metrics["confusion_matrix"] == first.metrics["confusion_matrix"]
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="choose a new"):
+        detect.evaluate_files(gt, dets, foreign)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_match_detections_by_class_and_score() -> None:
+    gt = np.array([[0, 0, 10, 10], [20, 20, 30, 30]], dtype=float)
+    gl = np.array([0, 1])
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]], float)
+    labels = np.array([0, 0, 0, 1])
+    scores = np.array([0.5, 0.9, 0.8, 0.7])
+    tp, found = match_detections(gt, gl, boxes, labels, scores, 0.5)
+    # the higher-scored overlapping box takes the first gt; the exact one is then a duplicate;
+    # the right place with the wrong class and a box far away are false positives
+    assert tp.tolist() == [False, True, False, False]
+    assert found.tolist() == [True, False]
+
+
+def test_predict_writes_results_and_reports_unreadable_files(
+    run: detect.Run, scenes: Path, tmp_path: Path
+) -> None:
+    good = sorted((scenes / "images").glob("*.png"))[:2]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    preds = detect.predict(run, [*good, broken, tmp_path / "missing.png"], conf=0.05)
+    by_name = {p.path.name: p for p in preds}
+    assert by_name["broken.png"].error and by_name["missing.png"].error
+    results = json.loads(preds.results_json.read_text())
+    for p in good:
+        d = by_name[p.name]
+        assert d.error is None and d.drawn is not None
+        assert Image.open(d.drawn).size == Image.open(p).size
+        assert all(s >= 0.05 for s in d.scores)
+        assert len(d.boxes) == len(d.labels) == len(d.scores)
+        assert set(d.labels) <= set(SHAPES)
+        mine = [r for r in results if r["file_name"] == str(p)]
+        assert len(mine) == len(d.boxes)
+    assert all(r["file_name"] not in (str(broken),) for r in results)
+    again = detect.predict(run, good[:1], conf=0.05)
+    assert again.dir != preds.dir  # never writes over an earlier prediction
+
+
+def test_resume_refuses_a_changed_model(run: detect.Run) -> None:
+    before = (run.dir / "config.yaml").read_bytes()
+    with pytest.raises(ValueError, match="--model"):
+        detect.train(resume=run.dir, model="fasterrcnn_mobilenet_v3_large_320_fpn", epochs=2)
+    assert (run.dir / "config.yaml").read_bytes() == before
+
+
+def test_img_size_is_refused_for_fixed_size_models() -> None:
+    with pytest.raises(ValueError, match="320"):
+        arch_kwargs("ssdlite320_mobilenet_v3_large", 256)
+    assert arch_kwargs("fasterrcnn_resnet50_fpn", 400) == {"min_size": 400, "max_size": 666}
+
+
+def test_cli_detect_commands(run: detect.Run, scenes: Path, tmp_path: Path) -> None:
+    cli = CliRunner()
+    res = cli.invoke(app, ["detect", "train", "--help"])
+    assert res.exit_code == 0
+    for flag in ("--train-mode", "--backbone-lr-mult", "--resume", "--strategy"):
+        assert flag in res.output
+    res = cli.invoke(app, ["detect", "train", "--resume", str(run.dir), "--model", "x"])
+    assert res.exit_code == 2 and "--model" in res.output
+    image = sorted((scenes / "images").glob("*.png"))[0]
+    res = cli.invoke(
+        app,
+        ["detect", "predict", str(run.dir), str(image), str(tmp_path / "nope.png"), "--json"],
+    )
+    assert res.exit_code == 1  # one input could not be read
+    lines = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    assert [bool(line["error"]) for line in lines] == [False, True]
+    gt = run.dir / "eval" / "ground_truth.json"
+    if not gt.is_file():
+        detect.evaluate(run)
+    res = cli.invoke(
+        app,
+        [
+            "detect",
+            "evaluate",
+            "--data",
+            str(gt),
+            "--predictions",
+            str(run.dir / "eval" / "predictions.json"),
+            "--out",
+            str(tmp_path / "cli-eval"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "cli-eval" / "metrics.json").is_file()
+    res = cli.invoke(app, ["detect", "evaluate", "--data", str(gt)])
+    assert res.exit_code == 2 and "--predictions" in res.output
