@@ -4,6 +4,8 @@ Every builder takes ``num_classes`` object classes (background excluded) and bui
 torchvision model with ``num_classes + 1`` outputs: torchvision reserves label 0 for the
 background, so targets carry 1-based labels. With ``pretrained=True`` the COCO weights load
 through torchvision's own ``weights=`` API and the class-specific layers are replaced.
+The models take 0-1 images of any size: resizing (``min_size``/``max_size``) and the
+normalisation recorded as the spec's ``mean``/``std`` happen inside them.
 """
 
 from __future__ import annotations
