@@ -34,7 +34,9 @@ def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def run(scenes: Path, tmp_path_factory: pytest.TempPathFactory) -> detect.Run:
     out = tmp_path_factory.mktemp("runs")
-    return detect.train(scenes, out=out, name="flow", val_fraction=0.25, **FAST)
+    return detect.train(
+        scenes, out=out, name="flow", val_fraction=0.25, save_every_n_steps=1, **FAST
+    )
 
 
 def _pycocotools(gt_file: Path, results_file: Path) -> np.ndarray:
@@ -109,6 +111,21 @@ def test_evaluate_files_scores_any_coco_pair(run: detect.Run, tmp_path: Path) ->
     with pytest.raises(FileExistsError, match="choose a new"):
         detect.evaluate_files(gt, dets, foreign)
     assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_all_checkpoints_are_scored_by_step(run: detect.Run, tmp_path: Path) -> None:
+    res = detect.evaluate(run, split="val", out=tmp_path / "ckpts", all_checkpoints=True)
+    rows = res.metrics["checkpoints"]
+    names = [r["checkpoint"] for r in rows]
+    assert "last.ckpt" in names and "best.ckpt" in names
+    assert sum(n.startswith("checkpoints/") for n in names) == 2  # --save-every-n-steps 1
+    assert [r["step"] for r in rows] == sorted(r["step"] for r in rows) == [1, 2, 2, 2]
+    # one epoch of two steps: the step-2 checkpoint, last and best hold the exported weights
+    for r in rows[1:]:
+        assert _same(r["map_50"], res.metrics["map_50"]), r
+        assert _same(r["map"], res.metrics["map"]), r
+    assert (tmp_path / "ckpts" / "map_over_training.png").is_file()
+    assert len(json.loads((tmp_path / "ckpts" / "checkpoints.json").read_text())) == 4
 
 
 def test_match_detections_by_class_and_score() -> None:

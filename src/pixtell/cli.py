@@ -689,7 +689,8 @@ ConfOpt = Annotated[
 @detect_app.command("evaluate")
 def detect_evaluate(
     run: Annotated[
-        Path | None, typer.Argument(help="Run directory (or a file in it).", show_default=False)
+        Path | None,
+        typer.Argument(help="Run directory (or a file in it).", show_default=False, metavar="RUN"),
     ] = None,
     split: Annotated[str, typer.Option(help="Split of the run's data to score.")] = "test",
     data: Annotated[
@@ -707,6 +708,14 @@ def detect_evaluate(
         float, typer.Option(min=0.01, max=1.0, help="IoU for a match in the confusion matrix.")
     ] = 0.5,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 8,
+    all_checkpoints: Annotated[
+        bool,
+        typer.Option(
+            "--all-checkpoints",
+            help="Also score every checkpoint the run kept and plot mAP over training.",
+            show_default=False,
+        ),
+    ] = False,
 ) -> None:
     """COCO mAP (equal to pycocotools), per-class AP, confusion matrix, PR curves, report."""
     from pixtell import detect
@@ -722,7 +731,13 @@ def detect_evaluate(
             raise ValueError("give a RUN directory (or --data GT.json --predictions DETS.json)")
         else:
             res = detect.evaluate(
-                run, split=split, conf=conf, iou=iou, batch_size=batch_size, out=out
+                run,
+                split=split,
+                conf=conf,
+                iou=iou,
+                batch_size=batch_size,
+                out=out,
+                all_checkpoints=all_checkpoints,
             )
     console.print(f"report: {escape(str(res.report))}")
 

@@ -21,6 +21,7 @@ from pixtell.detect.data import DetImage, read_split
 from pixtell.detect.predict import Detector, draw_boxes
 from pixtell.detect.train import SPLIT_FILE
 from pixtell.metrics.detection import coco_eval, detection_confusion_matrix, to_coco
+from pixtell.models import create
 from pixtell.report import (
     Section,
     contact_sheet,
@@ -297,6 +298,80 @@ def _collect(
     return scored, skipped
 
 
+def _checkpoint_detector(ckpt: Path, meta: dict[str, Any]) -> tuple[Detector, int, int]:
+    """The detector saved in a Lightning checkpoint of the run, its global step and epoch."""
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    weights = {
+        k.removeprefix("net."): v for k, v in state["state_dict"].items() if k.startswith("net.")
+    }
+    net = create(
+        meta["arch"],
+        "detect",
+        num_classes=meta["num_classes"],
+        pretrained=False,
+        **meta.get("arch_kwargs", {}),
+    )
+    net.load_state_dict(weights)
+    return Detector(net, meta), int(state["global_step"]), int(state["epoch"])
+
+
+def evaluate_checkpoints(
+    run: Run,
+    images: Sequence[DetImage],
+    class_names: list[str],
+    out_dir: Path,
+    *,
+    batch_size: int = 8,
+) -> tuple[list[dict[str, Any]], Path | None]:
+    """mAP of every checkpoint the run kept (``checkpoints/step-*``, ``last``, ``best``) on
+    ``images``, by training step; writes ``checkpoints.json`` and ``map_over_training.png``."""
+    meta = Detector.from_run(run).meta
+    found = sorted((run.dir / "checkpoints").glob("*.ckpt")) + [
+        run.dir / name for name in ("last.ckpt", "best.ckpt") if (run.dir / name).is_file()
+    ]
+    rows = []
+    for ckpt in found:
+        det, step, epoch = _checkpoint_detector(ckpt, meta)
+        scored, _ = _collect(det, images, batch_size)
+        if not scored.images:
+            continue
+        gt, results = to_coco(
+            scored.images,
+            class_names,
+            scored.gt_boxes,
+            scored.gt_labels,
+            pred_boxes=scored.boxes,
+            pred_labels=scored.labels,
+            pred_scores=scored.scores,
+            gt_ignore=scored.ignore,
+        )
+        m = coco_eval(gt, results)
+        rows.append(
+            {
+                "checkpoint": ckpt.relative_to(run.dir).as_posix(),
+                "step": step,
+                "epoch": epoch,
+                **{k: m[k] for k in ("map", "map_50", "map_75")},
+            }
+        )
+    rows.sort(key=lambda r: (r["step"], r["checkpoint"]))
+    (out_dir / "checkpoints.json").write_text(json.dumps(_jsonable(rows), indent=2) + "\n")
+    if not rows:
+        return rows, None
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    steps = [r["step"] for r in rows]
+    for key, label in (("map", "mAP@[.5:.95]"), ("map_50", "mAP@.5")):
+        ax.plot(steps, [r[key] for r in rows], marker="o", label=label)
+    ax.set(xlabel="optimizer step", ylabel="mAP", ylim=(0, 1), title="mAP of each checkpoint")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    png = out_dir / "map_over_training.png"
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return rows, png
+
+
 def evaluate(
     run: str | Path | Run,
     *,
@@ -305,6 +380,7 @@ def evaluate(
     iou: float = 0.5,
     batch_size: int = 8,
     out: str | Path | None = None,
+    all_checkpoints: bool = False,
 ) -> EvalResult:
     """Score a run on a split of its data (``test`` by default).
 
@@ -314,6 +390,7 @@ def evaluate(
     (C+1)x(C+1) confusion matrix, background last, at ``conf`` and ``iou``), ``predictions.json``
     and ``ground_truth.json`` (COCO, for ``evaluate_files``), ``confusion_matrix.png``,
     ``pr_curves.png``, ``preds.png`` and ``report.html`` (also copied to ``RUN/report.html``).
+    ``all_checkpoints`` also scores every checkpoint the run kept (``evaluate_checkpoints``).
     """
     if not 0 <= conf <= 1 or not 0 < iou <= 1:
         raise ValueError(f"--conf must lie in [0, 1] and --iou in (0, 1] (got {conf}, {iou})")
@@ -370,6 +447,16 @@ def evaluate(
             ],
         ),
     ]
+    if all_checkpoints:
+        rows, png = evaluate_checkpoints(
+            run, images, det.class_names, out_dir, batch_size=batch_size
+        )
+        metrics["checkpoints"] = rows
+        table = [["checkpoint", "epoch", "step", "mAP", "mAP@.5", "mAP@.75"]] + [
+            [r["checkpoint"], r["epoch"], r["step"], r["map"], r["map_50"], r["map_75"]]
+            for r in rows
+        ]
+        sections.append(Section("Every checkpoint", rows=table, images=[png] if png else []))
     if skipped:
         sections.append(Section("Skipped files", rows=[["file", "reason"], *skipped]))
     title = f"pixtell detect: {run.dir.name}"

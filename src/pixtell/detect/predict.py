@@ -108,10 +108,11 @@ def draw_boxes(
 ) -> np.ndarray:
     """``image`` with ``boxes`` (xyxy pixels) drawn and captioned, as an HxWx3 uint8 array.
 
-    ``max_side`` first shrinks the image (and the boxes) so the lines stay visible on a page.
+    ``max_side`` first scales the image (and the boxes) to that longer side, so that lines
+    and captions stay readable on a page of many images, large or small.
     """
     scale = 1.0
-    if max_side and max(image.size) > max_side:
+    if max_side and max(image.size) != max_side:
         scale = max_side / max(image.size)
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         image = image.resize(size, Image.Resampling.BILINEAR)
