@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import math
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +164,36 @@ def test_predict_writes_results_and_reports_unreadable_files(
     assert all(r["file_name"] not in (str(broken),) for r in results)
     again = detect.predict(run, good[:1], conf=0.05)
     assert again.dir != preds.dir  # never writes over an earlier prediction
+
+
+def _edit_first_box(xml_file: Path, **values: float) -> None:
+    tree = ET.parse(xml_file)
+    box = tree.getroot().find("object/bndbox")
+    for tag, v in values.items():
+        box.find(tag).text = str(v)
+    tree.write(xml_file)
+
+
+def test_voc_with_an_empty_image_and_bad_boxes_trains_and_evaluates(
+    scenes: Path, tmp_path: Path
+) -> None:
+    voc = detect.convert(scenes, tmp_path / "voc", to="voc")
+    xmls = sorted((voc / "Annotations").glob("*.xml"))
+    tree = ET.parse(xmls[0])
+    for obj in tree.getroot().findall("object"):
+        tree.getroot().remove(obj)
+    tree.write(xmls[0])
+    _edit_first_box(xmls[1], xmax=500)  # outside the 64 px image
+    _edit_first_box(xmls[2], xmin=20, xmax=19)  # VOC max is inclusive: zero width
+    run = detect.train(voc, out=tmp_path / "runs", val_fraction=0.25, test_fraction=0.25, **FAST)
+    ds, splits = read_split(run.dir / "split.json")
+    reasons = " ".join(r for _, r in ds.problems)
+    assert "outside" in reasons and "zero or negative size" in reasons
+    assert len(ds.images) == 16 and len(ds.images[0].boxes) == 0  # kept as a negative
+    assert ds.images[1].boxes[:, 2].max() <= 64
+    res = detect.evaluate(run)
+    assert res.metrics["n_images"] == len(splits["test"])
+    assert (res.dir / "report.html").is_file()
 
 
 def test_resume_refuses_a_changed_model(run: detect.Run) -> None:
