@@ -238,6 +238,8 @@ def test_img_size_is_refused_for_fixed_size_models() -> None:
     with pytest.raises(ValueError, match="320"):
         arch_kwargs("ssdlite320_mobilenet_v3_large", 256)
     assert arch_kwargs("fasterrcnn_resnet50_fpn", 400) == {"min_size": 400, "max_size": 666}
+    with pytest.raises(ValueError, match="unknown detect model 'resnet18'.*tiny_fcos"):
+        arch_kwargs("resnet18", None)
 
 
 def test_cli_detect_commands(run: detect.Run, scenes: Path, tmp_path: Path) -> None:

@@ -58,11 +58,12 @@ def arch_kwargs(model: str, img_size: int | None) -> dict[str, Any]:
     torchvision detectors resize inside the model (shorter side ``min_size``, longer side at
     most ``max_size``); predictions come back in the original image's pixels either way.
     """
+    get_spec(model, "detect")  # an unknown name lists the known ones
     if img_size is None:
         return {}
     if model == "tiny_fcos":
         return {"img_size": img_size}
-    if DETECTORS[model][0] == "ssd":
+    if DETECTORS.get(model, ("",))[0] == "ssd":
         raise ValueError(f"{model} works at a fixed 320 px; leave --img-size out")
     # keep torchvision's 800:1333 ratio between the shorter and the longest allowed side
     return {"min_size": img_size, "max_size": max(img_size, round(img_size * 1333 / 800))}
