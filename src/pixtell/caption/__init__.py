@@ -15,4 +15,9 @@ from pixtell.caption.data import (  # noqa: F401
     split_captions,
     write_split,
 )
+from pixtell.caption.evaluate import EvalResult, evaluate  # noqa: F401
+from pixtell.caption.predict import Captioner, CaptionPrediction, predict  # noqa: F401
+from pixtell.caption.train import CaptionRecipe, train  # noqa: F401
 from pixtell.caption.vocab import Vocabulary  # noqa: F401
+from pixtell.engine import TrainingInterrupted  # noqa: F401
+from pixtell.runs import Run  # noqa: F401
