@@ -20,6 +20,7 @@ _CLASSIFIERS = {
     "resnet101": ("fc", 224),
     "resnet152": ("fc", 224),
     "efficientnet_b0": ("classifier", 224),
+    "vit_b_16": ("heads", 224),
 }
 
 

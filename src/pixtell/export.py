@@ -1,0 +1,380 @@
+"""ONNX export of a run's model, and onnxruntime inference with the same interface as torch.
+
+``export_onnx(run)`` writes ``RUN/model.onnx`` (classifiers and detectors) or three graphs
+for captioners (``caption_encoder.onnx``: images → features, ``caption_init.onnx``:
+features → decoder memory + LSTM state, ``caption_step.onnx``: one word); the beam search
+stays in Python and drives the step graph. Every file carries what inference needs in its
+``metadata_props`` (task, architecture, class names or vocabulary, img_size, mean, std), is
+checked with ``onnx.checker`` and compared with PyTorch before it is kept.
+
+``load_classifier(run, backend="onnx")`` returns a :class:`~pixtell.classify.predictor`-style
+object (``iter_probs`` / ``predict``) that runs the graph with onnxruntime.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from pixtell.classify.predictor import Classifier
+from pixtell.models import load_model
+from pixtell.models.io import META_FILE
+from pixtell.runs import Run, run_dir_holding
+
+ONNX_FILE = "model.onnx"
+CAPTION_FILES = ("caption_encoder.onnx", "caption_init.onnx", "caption_step.onnx")
+DEFAULT_OPSET = 18
+TOLERANCE = 1e-4
+Backend = Literal["torch", "onnx"]
+
+
+class ExportError(ValueError):
+    """A model that cannot be exported, or an export that does not match PyTorch."""
+
+
+@dataclass
+class ExportResult:
+    """The files written and the largest |onnxruntime - torch| difference measured."""
+
+    files: list[Path]
+    max_abs_diff: float
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+# -- low level: one module → one checked .onnx file ------------------------------------------
+def _require_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise ExportError(
+            f"ONNX export needs the onnx and onnxruntime packages ({exc.name} is missing); "
+            "install them with `pip install pixtell[export]`"
+        ) from None
+
+
+def _metadata_strings(meta: dict[str, Any]) -> dict[str, str]:
+    """metadata_props values must be strings: lists and dicts are stored as JSON."""
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items() if v is not None}
+
+
+def export_module(
+    module: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    path: Path,
+    *,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_batch: bool = False,
+    opset: int = DEFAULT_OPSET,
+    metadata: dict[str, Any] | None = None,
+    dynamo: bool = True,
+) -> Path:
+    """Export ``module(*inputs)`` to ``path``, add ``metadata`` and run ``onnx.checker``.
+
+    ``dynamo=True`` uses torch's ``torch.export``-based exporter (its default since 2.9);
+    ``False`` the TorchScript one, which torchvision's detectors still need. With
+    ``dynamic_batch`` the first axis of every input and output is symbolic. The file is
+    written next to ``path`` first and renamed, so a failed export leaves nothing behind.
+    """
+    import onnx
+
+    module = module.eval()
+    tmp = path.with_name(f".{path.name}.tmp")
+    kwargs: dict[str, Any] = dict(
+        input_names=list(input_names), output_names=list(output_names), opset_version=opset
+    )
+    if dynamic_batch and dynamo:
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        kwargs["dynamic_shapes"] = tuple({0: batch} for _ in inputs)
+    elif dynamic_batch:
+        kwargs["dynamic_axes"] = {n: {0: "batch"} for n in [*input_names, *output_names]}
+    # the exporters print progress and deprecation notes that mean nothing to a user
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+        torch.no_grad(),
+    ):
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(module, inputs, str(tmp), dynamo=dynamo, **kwargs)
+        except Exception as exc:
+            tmp.unlink(missing_ok=True)
+            raise ExportError(
+                f"torch.onnx could not export {type(module).__name__}: "
+                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+            ) from exc
+    try:
+        # load the external weights (if the exporter split them) so one file holds everything
+        proto = onnx.load(str(tmp), load_external_data=True)
+        for k, v in _metadata_strings(metadata or {}).items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = k, v
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp.with_name(tmp.name + ".data").unlink(missing_ok=True)
+    return path
+
+
+def ort_session(path: str | Path, threads: int | None = None) -> Any:
+    """An onnxruntime CPU session; ``threads`` sets the intra-op thread count."""
+    _require_onnx()
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3  # errors only
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``metadata_props`` of an ONNX file, JSON values decoded."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    out: dict[str, Any] = {}
+    for p in proto.metadata_props:
+        try:
+            out[p.key] = json.loads(p.value)
+        except json.JSONDecodeError:
+            out[p.key] = p.value
+    return out
+
+
+def _compare(session: Any, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> float:
+    """Largest absolute difference between onnxruntime and torch on ``inputs``."""
+    feed = {i.name: x.numpy() for i, x in zip(session.get_inputs(), inputs, strict=True)}
+    got = session.run(None, feed)
+    with torch.no_grad():
+        want = module(*inputs)
+    want = [want] if isinstance(want, torch.Tensor) else list(want)
+    diff = 0.0
+    for g, w in zip(got, want, strict=True):
+        w = w.float().numpy()
+        if g.shape != w.shape:
+            raise ExportError(f"onnxruntime returned shape {g.shape}, torch {w.shape}")
+        if g.size:
+            diff = max(diff, float(np.abs(g.astype(np.float32) - w).max()))
+    return diff
+
+
+def _check_equal(
+    path: Path, module: nn.Module, inputs: Sequence[tuple[torch.Tensor, ...]]
+) -> float:
+    session = ort_session(path)
+    diff = max(_compare(session, module, x) for x in inputs)
+    if not diff <= TOLERANCE:
+        path.unlink(missing_ok=True)
+        raise ExportError(
+            f"the exported {path.name} differs from PyTorch by {diff:.2e} (> {TOLERANCE:g}); "
+            "the file was not kept"
+        )
+    return diff
+
+
+# -- run export -------------------------------------------------------------------------------
+class _Images(nn.Module):
+    """Names the graph's input: float images (B, 3, H, W), normalised as ``model.json`` says."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+
+def _refuse_existing(paths: Sequence[Path], force: bool) -> None:
+    taken = [p for p in paths if p.exists()]
+    if taken and not force:
+        raise ExportError(f"{taken[0]} already exists; pass --force to replace it")
+
+
+def _preprocessing(meta: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "task": meta["task"],
+        "arch": meta["arch"],
+        "img_size": int(meta["img_size"]),
+        "mean": list(meta["mean"]),
+        "std": list(meta["std"]),
+        "max_pixels": meta.get("max_pixels"),
+        "producer": "pixtell",
+    }
+
+
+def _random_images(meta: dict[str, Any], batch: int, seed: int = 0) -> torch.Tensor:
+    s = int(meta["img_size"])
+    return torch.randn(batch, 3, s, s, generator=torch.Generator().manual_seed(seed))
+
+
+def export_onnx(
+    run: str | Path | Run,
+    *,
+    dynamic_batch: bool = False,
+    opset: int = DEFAULT_OPSET,
+    force: bool = False,
+    check_inputs: Sequence[torch.Tensor] = (),
+) -> ExportResult:
+    """Export the model of ``run`` to ONNX next to its ``model.json``.
+
+    The graph's input is the preprocessed image batch (``img_size``, ``mean``, ``std`` are in
+    the metadata). Before a file is kept, onnxruntime must match PyTorch within 1e-4 on a
+    random batch and on ``check_inputs`` (preprocessed image batches). An existing file is
+    replaced only with ``force``.
+    """
+    _require_onnx()
+    run_dir = run_dir_holding(run.dir if isinstance(run, Run) else run, META_FILE)
+    model, meta = load_model(run_dir)
+    task = meta.get("task")
+    if task == "classify":
+        return _export_classifier(model, meta, run_dir, dynamic_batch, opset, force, check_inputs)
+    raise ExportError(f"{run_dir}: cannot export a {task!r} model to ONNX")
+
+
+def _export_classifier(
+    model: nn.Module,
+    meta: dict[str, Any],
+    run_dir: Path,
+    dynamic_batch: bool,
+    opset: int,
+    force: bool,
+    check_inputs: Sequence[torch.Tensor],
+) -> ExportResult:
+    path = run_dir / ONNX_FILE
+    _refuse_existing([path], force)
+    net = _Images(model).eval()
+    # torch.export treats a size-1 axis as a constant, so a dynamic batch is traced with 2
+    example = _random_images(meta, 2 if dynamic_batch else 1)
+    md = _preprocessing(meta) | {
+        "class_names": list(meta["class_names"]),
+        "dynamic_batch": dynamic_batch,
+        "inputs": "images",
+        "outputs": "logits",
+    }
+    export_module(
+        net,
+        (example,),
+        path,
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_batch=dynamic_batch,
+        opset=opset,
+        metadata=md,
+    )
+    checks = [(example,), (_random_images(meta, example.shape[0], seed=1) * 3,)]
+    for x in check_inputs:
+        batches = x.split(1) if not dynamic_batch else [x]
+        checks += [(b,) for b in batches]
+    diff = _check_equal(path, net, checks)
+    return ExportResult([path], diff, _metadata_strings(md))
+
+
+# -- onnxruntime classifier -------------------------------------------------------------------
+class OrtModule(nn.Module):
+    """An onnxruntime session behind ``nn.Module``'s call: tensors in, a CPU tensor out.
+
+    This lets the torch inference code (batching, TTA, softmax) run unchanged on onnxruntime.
+    """
+
+    def __init__(self, session: Any, path: Path) -> None:
+        super().__init__()
+        self.session, self.path = session, path
+        inp = session.get_inputs()[0]
+        self.input_name, self.shape = inp.name, inp.shape
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        fixed = [d for d in self.shape[2:] if isinstance(d, int)]
+        if fixed and list(images.shape[2:]) != fixed:
+            raise ValueError(
+                f"{self.path.name} takes {fixed[0]}x{fixed[-1]} images, not "
+                f"{images.shape[2]}x{images.shape[3]} (--tta dense needs --backend torch)"
+            )
+        x = images.detach().float().cpu().numpy()
+        if isinstance(self.shape[0], int):  # exported without --dynamic-batch: one at a time
+            outs = [
+                self.session.run(None, {self.input_name: x[i : i + 1]})[0] for i in range(len(x))
+            ]
+            return torch.from_numpy(np.concatenate(outs)) if outs else torch.empty(0)
+        return torch.from_numpy(self.session.run(None, {self.input_name: x})[0])
+
+
+def load_classifier(
+    run: str | Path | Run,
+    backend: Backend = "torch",
+    *,
+    device: str | None = None,
+    max_pixels: int | None = None,
+    threads: int | None = None,
+) -> Any:
+    """A classifier with ``iter_probs`` / ``predict``: PyTorch, or onnxruntime on ``model.onnx``.
+
+    ``run`` is a run directory (or a file in it); with ``backend="onnx"`` it may also be an
+    exported ``.onnx`` file, whose metadata supplies the classes and preprocessing.
+    """
+    if backend == "torch":
+        return Classifier.from_run(run, device=device, max_pixels=max_pixels)
+    if backend != "onnx":
+        raise ValueError(f"unknown --backend {backend!r}: use torch or onnx")
+    return OnnxClassifier.from_path(run, max_pixels=max_pixels, threads=threads)
+
+
+def find_onnx(run: str | Path | Run, name: str = ONNX_FILE) -> Path:
+    """The exported file of a run (or ``run`` itself when it is an .onnx file)."""
+    path = Path(run.dir if isinstance(run, Run) else run)
+    if path.is_file() and path.suffix == ".onnx":
+        return path
+    run_dir = run_dir_holding(path, META_FILE)
+    if not (run_dir / name).is_file():
+        raise FileNotFoundError(
+            f"{run_dir} has no {name}; export it first with "
+            f"`pixtell export {run_dir} --format onnx`"
+        )
+    return run_dir / name
+
+
+class OnnxClassifier(Classifier):
+    """onnxruntime twin of ``Classifier``: the same ``iter_probs``, ``predict`` and TTA.
+
+    The torch ``Classifier`` runs with an :class:`OrtModule` as its model, so both backends
+    share one inference loop and differ only in what computes the logits.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        meta: dict[str, Any],
+        max_pixels: int | None = None,
+        threads: int | None = None,
+    ) -> None:
+        if meta.get("task") != "classify":
+            raise ValueError(f"{path} holds a {meta.get('task')} model, not a classifier")
+        super().__init__(OrtModule(ort_session(path, threads), path), meta, "cpu", max_pixels)
+        self.path = path
+
+    @classmethod
+    def from_path(
+        cls, run: str | Path | Run, max_pixels: int | None = None, threads: int | None = None
+    ) -> OnnxClassifier:
+        """From a run directory holding ``model.onnx``, or the .onnx file itself."""
+        path = find_onnx(run)
+        meta = read_metadata(path)
+        missing = {"task", "class_names", "img_size", "mean", "std"} - meta.keys()
+        if missing:
+            raise ValueError(f"{path} lacks pixtell metadata ({', '.join(sorted(missing))})")
+        return cls(path, meta, max_pixels, threads)
