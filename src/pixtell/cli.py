@@ -784,6 +784,54 @@ def detect_predict(
         raise typer.Exit(1)
 
 
+# -- serve -----------------------------------------------------------------------------------
+@app.command("serve")
+def serve_cmd(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories to serve (any task).")],
+    host: Annotated[
+        str, typer.Option(help="Interface to bind; 0.0.0.0 exposes it to the network.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 7860,
+    max_upload_mb: Annotated[
+        float, typer.Option(min=0.001, help="Largest upload accepted (413 beyond).")
+    ] = 10.0,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="PIXTELL_API_KEY",
+            show_envvar=True,
+            help="Key required on every route but /health (X-API-Key header).",
+        ),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Images processed at the same time (threads).")
+    ] = 4,
+    max_pixels: MaxPixelsOpt = None,
+) -> None:
+    """Serve runs over HTTP: REST API (/docs) and a Gradio page at / (needs the serve extra)."""
+    with _friendly_errors():
+        try:
+            import uvicorn
+
+            from pixtell.serve import create_app
+        except ImportError as exc:
+            raise ValueError(
+                f"pixtell serve needs the serve extra ({exc.name} is missing): "
+                "pip install 'pixtell[serve]'"
+            ) from None
+        server = create_app(
+            runs,
+            max_upload_mb=max_upload_mb,
+            api_key=api_key,
+            workers=workers,
+            max_pixels=max_pixels,
+        )
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        err.print(f"[yellow]warning[/]: serving on {escape(host)} without --api-key")
+    console.print(f"serving {len(runs)} run(s) on http://{escape(host)}:{port}/ (API: /docs)")
+    uvicorn.run(server, host=host, port=port, log_level="info")
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="pixtell")

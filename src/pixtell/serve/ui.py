@@ -1,0 +1,101 @@
+"""The Gradio page at ``/``: one tab per loaded run (probabilities, caption, drawn boxes)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+import numpy as np
+
+from pixtell.data.images import ImageLoadError, load_image
+from pixtell.serve.adapters import Adapter, CaptionAdapter
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from pixtell.serve.app import Service
+
+
+def _image(path: str | None, adapter: Adapter) -> Any:
+    if not path:
+        raise gr.Error("upload an image first")
+    try:
+        return load_image(path, max_pixels=adapter.max_pixels)
+    except ImageLoadError as exc:
+        raise gr.Error(exc.reason) from None
+
+
+def _classify(adapter: Adapter) -> tuple[list[Any], Any]:
+    out = gr.Label(label="class probabilities", num_top_classes=5, elem_id=f"out-{adapter.name}")
+
+    def run(path: str | None) -> dict[str, float]:
+        result = adapter.predict(_image(path, adapter))
+        return {t["label"]: t["probability"] for t in result["topk"]}
+
+    return [out], run
+
+
+def _caption(adapter: Adapter) -> tuple[list[Any], Any]:
+    text = gr.Textbox(label="caption", elem_id=f"out-{adapter.name}")
+    attention = isinstance(adapter, CaptionAdapter) and adapter.model.has_attention
+    heat = gr.Image(label="attention per word", visible=attention)
+
+    def run(path: str | None) -> tuple[str, str | None]:
+        image = _image(path, adapter)
+        caption = adapter.predict(image)["caption"]
+        if not attention:
+            return caption, None
+        # Gradio serves the file from its cache after we return; the folder is ours to keep
+        folder = Path(tempfile.mkdtemp(prefix="pixtell-attention-"))
+        png = adapter.attention_map(image, folder / "attention.png")  # type: ignore[attr-defined]
+        return caption, str(png) if png else None
+
+    return [text, heat], run
+
+
+def _detect(adapter: Adapter) -> tuple[list[Any], Any]:
+    from pixtell.detect.predict import draw_boxes
+
+    drawn = gr.Image(label="boxes", elem_id=f"img-{adapter.name}")
+    listing = gr.JSON(label="objects", elem_id=f"out-{adapter.name}")
+
+    def run(path: str | None) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        image = _image(path, adapter)
+        objects = adapter.predict(image)["objects"]
+        boxes = np.asarray([o["box"] for o in objects], dtype=np.float32).reshape(-1, 4)
+        captions = [f"{o['label']} {o['score']:.2f}" for o in objects]
+        return draw_boxes(image, boxes, captions, ["#d62728"] * len(objects), max_side=800), objects
+
+    return [drawn, listing], run
+
+
+_BUILDERS = {"classify": _classify, "caption": _caption, "detect": _detect}
+
+
+def build_ui(service: Service) -> gr.Blocks:
+    """A Blocks page with a tab per run of ``service``."""
+    with gr.Blocks(title="pixtell", analytics_enabled=False) as demo:
+        gr.Markdown("# pixtell\nUpload an image; the REST API is documented at [/docs](/docs).")
+        for adapter in service.adapters.values():
+            with gr.Tab(f"{adapter.name} ({adapter.task})", elem_id=f"tab-{adapter.name}"):
+                with gr.Row():
+                    with gr.Column():
+                        upload = gr.Image(
+                            type="filepath",
+                            sources=["upload"],
+                            label="image",
+                            elem_id=f"in-{adapter.name}",
+                        )
+                        button = gr.Button("Run", variant="primary", elem_id=f"run-{adapter.name}")
+                    with gr.Column():
+                        outputs, fn = _BUILDERS[adapter.task](adapter)
+                button.click(fn, inputs=upload, outputs=outputs, api_name=False)
+    demo.queue(default_concurrency_limit=service.workers)
+    return demo
+
+
+def mount_ui(app: FastAPI, service: Service) -> FastAPI:
+    """Mount the page at ``/`` (the API's own routes, registered first, keep precedence)."""
+    return gr.mount_gradio_app(app, build_ui(service), path="/", ssr_mode=False, footer_links=[])
