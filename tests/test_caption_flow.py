@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -190,3 +193,25 @@ def test_cli_train_help_and_predict_json(run: caption.Run, tmp_path: Path) -> No
     assert [r["error"] is None for r in rows] == [True, False]
     res = runner.invoke(app, ["caption", "evaluate", str(tmp_path / "no-run")])
     assert res.exit_code == 2 and "error" in res.output
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_with_a_cached_frozen_encoder(scenes: Path, tmp_path: Path) -> None:
+    """A real 2-process DDP run (gloo on CPU) through the CLI; workers join the one run."""
+    encoder = create("small_cnn", "classify", num_classes=3)
+    save_file(encoder.state_dict(), tmp_path / "encoder.safetensors")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop("PIXTELL_RUN_DIR", None)
+    flags = [
+        f"--{k.replace('_', '-')}={v}" for k, v in FAST.items() if k not in ("logger", "progress")
+    ]
+    cmd = [sys.executable, "-m", "pixtell.cli", "caption", "train", str(scenes), *flags]
+    cmd += ["--logger", "none", "--no-progress", "--epochs", "2", "--out", str(tmp_path)]
+    cmd += ["--name", "ddp", "--strategy", "ddp", "--devices", "2", "--accelerator", "cpu"]
+    cmd += ["--weights", str(tmp_path / "encoder.safetensors"), "--cache-dir", str(tmp_path / "c")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "distributed over 2 processes" in proc.stdout
+    assert [r.name for r in (tmp_path / "caption").iterdir()] == ["ddp"]
+    results = json.loads((tmp_path / "caption" / "ddp" / "results.json").read_text())
+    assert results["epochs_completed"] == 2 and "best_val_bleu4" in results
