@@ -143,3 +143,20 @@ def test_missing_onnx_file_names_the_export_command(tmp_path: Path) -> None:
         load_classifier(run, backend="onnx")
     with pytest.raises(ValueError, match="backend"):
         load_classifier(run, backend="tensorrt")  # type: ignore[arg-type]
+
+
+def test_cli_export(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pixtell.cli import app
+
+    runner = CliRunner()
+    run = _classify_run(tmp_path, "cli")
+    res = runner.invoke(app, ["export", str(run), "--format", "onnx", "--opset", "17"])
+    assert res.exit_code == 0, res.output
+    assert "model.onnx" in res.output
+    assert onnx.load(str(run / "model.onnx")).opset_import[0].version == 17
+    again = runner.invoke(app, ["export", str(run)])
+    assert again.exit_code == 2 and "--force" in again.output
+    other = runner.invoke(app, ["export", str(run), "--format", "tflite"])
+    assert other.exit_code == 2 and "onnx" in other.output

@@ -97,3 +97,24 @@ def test_bad_arguments() -> None:
         profile_models(["tinyvgg_a"], backends=("tflite",))
     with pytest.raises(ValueError, match="at least 1"):
         profile_models(["tinyvgg_a"], batch_sizes=(0,))
+
+
+def test_cli_profile(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pixtell.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "prof.csv"
+    args = ["profile", "tinyvgg_a", "--img-size", "32", "--batch-sizes", "1,2", "--runs", "2"]
+    res = runner.invoke(app, [*args, "--csv", str(out), "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert "tinyvgg_a" in res.output and "GMACs" in res.output
+    with out.open() as fh:
+        assert [r["batch_size"] for r in csv.DictReader(fh)] == ["1", "2"]
+    before = out.read_text()
+    refused = runner.invoke(app, [*args, "--csv", str(out)])
+    assert refused.exit_code == 2 and "--force" in refused.output
+    assert out.read_text() == before
+    bad = runner.invoke(app, ["profile", "no_such_model", "--runs", "1"])
+    assert bad.exit_code == 1 and "no_such_model" in bad.output

@@ -832,6 +832,95 @@ def serve_cmd(
     uvicorn.run(server, host=host, port=port, log_level="info")
 
 
+# -- export and profile ----------------------------------------------------------------------
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Replace files that already exist.", show_default=False)
+]
+
+
+@app.command("export")
+def export_cmd(
+    run: RunArg,
+    fmt: Annotated[str, typer.Option("--format", help="Export format (onnx).")] = "onnx",
+    dynamic_batch: Annotated[
+        bool,
+        typer.Option(
+            "--dynamic-batch", help="Accept any batch size, not only 1.", show_default=False
+        ),
+    ] = False,
+    opset: Annotated[int, typer.Option(min=7, help="ONNX opset version.")] = 18,
+    force: ForceOpt = False,
+) -> None:
+    """Export a run's model to ONNX (checked against PyTorch) into the run directory."""
+    with _friendly_errors():
+        if fmt.lower() != "onnx":
+            raise ValueError(f"unknown --format {fmt!r}: only onnx is supported")
+        from pixtell.export import export_onnx
+
+        result = export_onnx(run, dynamic_batch=dynamic_batch, opset=opset, force=force)
+    for path in result.files:
+        console.print(f"wrote {escape(str(path))}")
+    console.print(
+        f"onnx.checker passed; onnxruntime matches PyTorch within {result.max_abs_diff:.1e}"
+    )
+
+
+@app.command("profile")
+def profile_cmd(
+    models: Annotated[
+        list[str], typer.Argument(help="Registered model names and/or run directories.")
+    ],
+    img_size: Annotated[
+        int | None, typer.Option(min=8, help="Image side [default: each model's own]")
+    ] = None,
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8",
+    backend: Annotated[str, typer.Option(help="Comma-separated: torch, onnx.")] = "torch",
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="CPU threads [default: torch's]")
+    ] = None,
+    runs: Annotated[int, typer.Option(min=1, help="Timed runs after warm-up.")] = 20,
+    csv_path: Annotated[Path | None, typer.Option("--csv", help="Write the rows as CSV.")] = None,
+    html: Annotated[Path | None, typer.Option(help="Write the table as an HTML page.")] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Parameters, GMACs, peak memory, latency (median, p90) and throughput of models."""
+    with _friendly_errors():
+        try:
+            sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
+        except ValueError:
+            raise ValueError(
+                f"--batch-sizes takes numbers like 1,8 (got {batch_sizes!r})"
+            ) from None
+        backends = [b.strip() for b in backend.split(",") if b.strip()]
+        for out in (csv_path, html):
+            if out is not None and out.exists() and not force:
+                raise ValueError(f"{out} already exists; pass --force to replace it")
+        from pixtell.profile import TABLE_HEADER, profile_models, table_rows, write_csv, write_html
+
+        rows = profile_models(
+            models,
+            img_size=img_size,
+            batch_sizes=sizes,
+            backends=backends,
+            threads=threads,
+            runs=runs,
+            on_row=lambda r: err.print(
+                f"{escape(r.model)} {r.backend} batch {r.batch_size}: "
+                + (f"[red]{escape(r.error)}[/]" if r.error else f"{r.step_time_ms:.1f} ms")
+            ),
+        )
+    table = Table(*TABLE_HEADER)
+    for cells in table_rows(rows):
+        table.add_row(*map(escape, cells))
+    console.print(table)
+    if csv_path:
+        console.print(f"csv: {escape(str(write_csv(rows, csv_path)))}")
+    if html:
+        console.print(f"html: {escape(str(write_html(rows, html)))}")
+    if any(r.error for r in rows):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="pixtell")

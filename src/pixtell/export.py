@@ -79,18 +79,22 @@ def export_module(
     dynamic_batch: bool = False,
     opset: int = DEFAULT_OPSET,
     metadata: dict[str, Any] | None = None,
-    dynamo: bool = True,
+    dynamo: bool | None = None,
 ) -> Path:
     """Export ``module(*inputs)`` to ``path``, add ``metadata`` and run ``onnx.checker``.
 
-    ``dynamo=True`` uses torch's ``torch.export``-based exporter (its default since 2.9);
-    ``False`` the TorchScript one, which torchvision's detectors still need. With
+    ``dynamo=True`` uses torch's ``torch.export``-based exporter (its default since 2.9),
+    ``False`` the TorchScript one, which torchvision's detectors still need; by default the
+    first for opset 18 and later, the second for older opsets, which the new exporter
+    cannot convert to. With
     ``dynamic_batch`` the first axis of every input and output is symbolic. The file is
     written next to ``path`` first and renamed, so a failed export leaves nothing behind.
     """
     import onnx
 
     module = module.eval()
+    if dynamo is None:
+        dynamo = opset >= 18
     tmp = path.with_name(f".{path.name}.tmp")
     kwargs: dict[str, Any] = dict(
         input_names=list(input_names), output_names=list(output_names), opset_version=opset
@@ -121,6 +125,9 @@ def export_module(
         for k, v in _metadata_strings(metadata or {}).items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = k, v
+        got = {o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")}
+        if got != {opset}:
+            raise ExportError(f"torch.onnx wrote opset {sorted(got)}, not the {opset} asked for")
         onnx.checker.check_model(proto, full_check=True)
         onnx.save(proto, str(tmp))
         os.replace(tmp, path)
