@@ -776,8 +776,11 @@ def detect_predict(
             if p.error:
                 table.add_row(escape(str(p.path)), "[red]unreadable[/]", escape(p.error))
             else:
-                names = ", ".join(f"{c} {s:.2f}" for c, s in zip(p.labels, p.scores, strict=True))
-                table.add_row(escape(str(p.path)), str(len(p.labels)), escape(names))
+                shown = [f"{c} {s:.2f}" for c, s in zip(p.labels, p.scores, strict=True)]
+                more = f", … {len(shown) - 8} more" if len(shown) > 8 else ""
+                table.add_row(
+                    escape(str(p.path)), str(len(shown)), escape(", ".join(shown[:8])) + more
+                )
         console.print(table)
         console.print(f"results: {escape(str(preds.results_json))}")
     if any(p.error for p in preds):
