@@ -110,6 +110,19 @@ def test_evaluate_scores_real_decoding_against_all_references(
     assert res.report.is_file() and "BLEU-4" in res.report.read_text()
 
 
+def test_evaluate_reports_an_unreadable_image_and_goes_on(run: caption.Run, tmp_path: Path) -> None:
+    data = shutil.copytree(run.config["data"], tmp_path / "data")
+    copy = shutil.copytree(run.dir, tmp_path / "run")
+    cfg = yaml.safe_load((copy / "config.yaml").read_text())
+    (copy / "config.yaml").write_text(yaml.safe_dump({**cfg, "data": str(data)}))
+    test = _split_images(caption.Run.load(copy), "test")
+    (data / "Images" / test[0].path.name).write_bytes(b"not an image")
+    res = caption.evaluate(copy, beam_size=2, meteor=False)
+    assert res.metrics["n"] == len(test) - 1
+    assert [Path(p).name for p, _ in res.metrics["skipped"]] == [test[0].path.name]
+    assert "Skipped files" in res.report.read_text()
+
+
 def test_predict_attention_png_per_image_and_errors_go_on(run: caption.Run, tmp_path: Path) -> None:
     images = [im.path for im in _split_images(run, "val")]
     broken = tmp_path / "broken.png"

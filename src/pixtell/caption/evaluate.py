@@ -64,6 +64,7 @@ def _split_images(run: Run, split: str, max_pixels: int) -> tuple[list[CaptionIm
         cfg["data"],
         format=cfg.get("format"),
         images=cfg.get("images"),
+        check_images=False,  # decoding reports unreadable files; no need to open all first
         max_pixels=max_pixels,
         progress=False,
     )
