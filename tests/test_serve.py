@@ -198,6 +198,35 @@ def test_ui_page_has_a_tab_per_run(client: TestClient) -> None:
     assert {"shared (classify)", "cap (caption)", "det (detect)"} <= labels
 
 
+def test_ui_handlers_show_what_the_api_returns(client: TestClient, tmp_path: Path) -> None:
+    import gradio as gr
+
+    from pixtell.serve.ui import show_caption, show_classify, show_detect
+
+    service = client.app.state.service
+    image = tmp_path / "d.jpg"
+    image.write_bytes(_jpeg())
+    api = {
+        task: client.post(f"/v1/{task}", files=_upload(image.read_bytes())).json()["result"]
+        for task in ("classify", "caption", "detect")
+    }
+    probs = show_classify(service.adapters["shared"], str(image))
+    assert probs == {t["label"]: t["probability"] for t in api["classify"]["topk"]}
+    text, heat = show_caption(service.adapters["cap"], str(image))
+    assert text == api["caption"]["caption"]
+    assert heat is not None and Image.open(heat).format == "PNG"  # one panel per word
+    drawn, objects = show_detect(service.adapters["det"], str(image))
+    assert objects == api["detect"]["objects"]
+    assert drawn.ndim == 3 and drawn.shape[0] == drawn.shape[1] and drawn.shape[2] == 3
+    assert drawn.dtype == np.uint8
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(_png()[:70])
+    with pytest.raises(gr.Error, match="truncated"):
+        show_classify(service.adapters["shared"], str(bad))
+    with pytest.raises(gr.Error, match="upload an image"):
+        show_detect(service.adapters["det"], None)
+
+
 # -- bad input -------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("data", "status", "words"),
