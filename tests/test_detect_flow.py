@@ -160,6 +160,47 @@ def test_ddp_two_processes_on_cpu(scenes: Path, tmp_path: Path) -> None:
     assert _same(run.best_metrics["best_val_map"], res.metrics["map"] or 0.0)
 
 
+def test_evaluate_files_edge_cases_match_pycocotools(tmp_path: Path) -> None:
+    """An image without ground truth, one without detections, a class never detected."""
+    gt = {
+        "images": [
+            {"id": i, "width": 64, "height": 64, "file_name": f"{i}.png"} for i in (1, 2, 3)
+        ],
+        "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 7, "name": "c"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "area": 100},
+            {"id": 2, "image_id": 1, "category_id": 2, "bbox": [20, 20, 10, 10], "area": 100},
+            {"id": 3, "image_id": 3, "category_id": 7, "bbox": [5, 5, 20, 20], "area": 400},
+        ],
+    }
+    for a in gt["annotations"]:
+        a["iscrowd"] = 0
+    dets = [
+        {"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.9},
+        {"image_id": 1, "category_id": 2, "bbox": [21, 21, 10, 10], "score": 0.8},  # IoU .68
+        {"image_id": 1, "category_id": 1, "bbox": [40, 40, 10, 10], "score": 0.3},
+        {"image_id": 2, "category_id": 2, "bbox": [0, 0, 5, 5], "score": 0.6},
+        {"image_id": 1, "category_id": 2, "bbox": [50, 0, 5, 5], "score": 0.1},  # below conf
+    ]
+    gt_file, dets_file = tmp_path / "gt.json", tmp_path / "dets.json"
+    gt_file.write_text(json.dumps(gt))
+    dets_file.write_text(json.dumps(dets))
+    res = detect.evaluate_files(gt_file, dets_file, tmp_path / "out", conf=0.25, iou=0.5)
+    ref = _pycocotools(gt_file, dets_file)
+    keys = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large")
+    for k, r in zip(keys + ("mar_1", "mar_10", "mar_100"), ref[:9], strict=True):
+        saved = json.loads((tmp_path / "out" / "metrics.json").read_text())[k]
+        assert _same(saved, r), (k, saved, r)
+    assert res.metrics["per_class"]["c"] == 0.0
+    # rows true a, b, c, background; columns predicted a, b, c, background (by hand)
+    assert res.metrics["confusion_matrix"] == [
+        [1, 0, 0, 0],
+        [0, 1, 0, 0],
+        [0, 0, 0, 1],
+        [1, 1, 0, 0],
+    ]
+
+
 def test_match_detections_by_class_and_score() -> None:
     gt = np.array([[0, 0, 10, 10], [20, 20, 30, 30]], dtype=float)
     gl = np.array([0, 1])
