@@ -416,6 +416,35 @@ def test_same_named_runs_get_unique_names(trained_run: classify.Run, tmp_path: P
         assert c.post("/v1/classify?model=shared-2", files=_upload(_png())).status_code == 200
 
 
+def test_onnx_backend_serves_the_same_probabilities(
+    trained_run: classify.Run, caption_run: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("onnxruntime", reason="the export extra (onnxruntime) is not installed")
+    from pixtell.export import export_onnx
+
+    run_dir = tmp_path / "shared"
+    shutil.copytree(trained_run.dir, run_dir)  # the shared run stays read-only
+    with pytest.raises(FileNotFoundError, match="pixtell export"):
+        create_app([run_dir], backend="onnx", ui=False, api_key="")
+    export_onnx(run_dir)
+    image = _jpeg()
+    got = {}
+    for backend in ("torch", "onnx"):
+        with TestClient(create_app([run_dir], backend=backend, ui=False, api_key="")) as c:
+            assert c.get("/models").json()[0]["backend"] == backend
+            r = c.post("/v1/classify", files=_upload(image, "e.jpg"))
+            assert r.status_code == 200, r.text
+            got[backend] = r.json()["result"]["topk"]
+    assert [t["label"] for t in got["onnx"]] == [t["label"] for t in got["torch"]]
+    np.testing.assert_allclose(
+        [t["probability"] for t in got["onnx"]],
+        [t["probability"] for t in got["torch"]],
+        atol=1e-5,
+    )
+    with pytest.raises(ValueError, match="classifiers only"):
+        create_app([caption_run], backend="onnx", ui=False, api_key="")
+
+
 def test_cli_serve_refuses_a_missing_run(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

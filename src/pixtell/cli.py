@@ -810,6 +810,10 @@ def serve_cmd(
         int, typer.Option(min=1, help="Images processed at the same time (threads).")
     ] = 4,
     max_pixels: MaxPixelsOpt = None,
+    backend: Annotated[
+        Literal["torch", "onnx"],
+        typer.Option(help="onnx: classifiers run their exported model.onnx on onnxruntime."),
+    ] = "torch",
 ) -> None:
     """Serve runs over HTTP: REST API (/docs) and a Gradio page at / (needs the serve extra)."""
     with _friendly_errors():
@@ -828,6 +832,7 @@ def serve_cmd(
             api_key=api_key,
             workers=workers,
             max_pixels=max_pixels,
+            backend=backend,
         )
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         err.print(f"[yellow]warning[/]: serving on {escape(host)} without --api-key")

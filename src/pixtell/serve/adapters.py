@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from pixtell.models.io import META_FILE
 from pixtell.runs import Run, run_dir_holding
 
 TASKS: tuple[str, ...] = ("classify", "caption", "detect")
+Backend = Literal["torch", "onnx"]
 
 
 class Adapter(ABC):
@@ -35,11 +37,14 @@ class Adapter(ABC):
     def predict(self, image: Image.Image) -> dict[str, Any]:
         """Results for one RGB image, as plain JSON types."""
 
+    backend: Backend = "torch"
+
     def info(self) -> dict[str, Any]:
         """What ``GET /models`` shows about this run (no server paths)."""
         return {
             "name": self.name,
             "task": self.task,
+            "backend": self.backend,
             "arch": self.meta.get("arch"),
             "img_size": self.meta.get("img_size"),
             "classes": list(self.meta.get("class_names") or []),
@@ -53,11 +58,23 @@ class ClassifyAdapter(Adapter):
     task = "classify"
 
     def __init__(
-        self, run: str | Path | Run, name: str, max_pixels: int | None = None, topk: int = 5
+        self,
+        run: str | Path | Run,
+        name: str,
+        max_pixels: int | None = None,
+        topk: int = 5,
+        backend: Backend = "torch",
     ) -> None:
         from pixtell.classify import Classifier
 
-        self.model = Classifier.from_run(run, max_pixels=max_pixels)
+        if backend == "onnx":
+            from pixtell.export import OnnxClassifier
+
+            # a Classifier subclass: the same preprocessing and softmax, onnxruntime's logits
+            self.model: Classifier = OnnxClassifier.from_path(run, max_pixels=max_pixels)
+        else:
+            self.model = Classifier.from_run(run, max_pixels=max_pixels)
+        self.backend = backend
         self.views = self.model.view_transform("none")
         self.topk = min(topk, len(self.model.classes))
         super().__init__(name, _run_dir(run), self.model.meta, self.model.max_pixels)
@@ -171,15 +188,34 @@ def run_task(run: str | Path | Run) -> str:
 
 
 def load_adapter(
-    run: str | Path | Run, *, name: str | None = None, max_pixels: int | None = None
+    run: str | Path | Run,
+    *,
+    name: str | None = None,
+    max_pixels: int | None = None,
+    backend: Backend = "torch",
 ) -> Adapter:
     """Load a run for serving with the adapter of its task; ``name`` defaults to the run's
-    folder name."""
+    folder name. ``backend="onnx"`` runs a classifier's exported ``model.onnx``."""
     task = run_task(run)
-    return _ADAPTERS[task](run, name or _run_dir(run).name, max_pixels=max_pixels)
+    name = name or _run_dir(run).name
+    if backend == "torch":
+        return _ADAPTERS[task](run, name, max_pixels=max_pixels)
+    if backend != "onnx":
+        raise ValueError(f"unknown --backend {backend!r}: use torch or onnx")
+    if task != "classify":
+        raise ValueError(
+            f"{_run_dir(run)} is a {task} run: --backend onnx serves classifiers only; "
+            "serve it with --backend torch"
+        )
+    return ClassifyAdapter(run, name, max_pixels=max_pixels, backend="onnx")
 
 
-def load_adapters(runs: list[str | Path | Run], *, max_pixels: int | None = None) -> list[Adapter]:
+def load_adapters(
+    runs: Sequence[str | Path | Run],
+    *,
+    max_pixels: int | None = None,
+    backend: Backend = "torch",
+) -> list[Adapter]:
     """Adapters for several runs with unique names (``name``, ``name-2`` … on clashes)."""
     if not runs:
         raise ValueError("pass at least one run directory to serve")
@@ -192,5 +228,5 @@ def load_adapters(runs: list[str | Path | Run], *, max_pixels: int | None = None
             n += 1
             name = f"{base}-{n}"
         taken.add(name)
-        out.append(load_adapter(run, name=name, max_pixels=max_pixels))
+        out.append(load_adapter(run, name=name, max_pixels=max_pixels, backend=backend))
     return out

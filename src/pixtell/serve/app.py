@@ -27,7 +27,7 @@ from PIL import UnidentifiedImageError
 from pixtell import __version__
 from pixtell.data.images import ImageLoadError, load_image
 from pixtell.runs import Run
-from pixtell.serve.adapters import TASKS, Adapter, load_adapters
+from pixtell.serve.adapters import TASKS, Adapter, Backend, load_adapters
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -263,18 +263,22 @@ def create_app(
     api_key: str | None = None,
     workers: int = 4,
     max_pixels: int | None = None,
+    backend: Backend = "torch",
     ui: bool = True,
 ) -> FastAPI:
     """The serving app for ``runs`` (run directories, ``Run``s or ready adapters).
 
     ``api_key`` (default: the ``PIXTELL_API_KEY`` environment variable) guards every route
-    but ``/health``; ``max_pixels`` overrides each run's decompression-bomb limit.
+    but ``/health``; ``max_pixels`` overrides each run's decompression-bomb limit;
+    ``backend="onnx"`` serves classifiers from their exported ``model.onnx``.
     """
     if max_upload_mb <= 0:
         raise ValueError(f"--max-upload-mb must be positive (got {max_upload_mb})")
     ready = [r for r in runs if isinstance(r, Adapter)]
     paths = [r for r in runs if not isinstance(r, Adapter)]
-    adapters = ready + (load_adapters(paths, max_pixels=max_pixels) if paths else [])
+    adapters = ready + (
+        load_adapters(paths, max_pixels=max_pixels, backend=backend) if paths else []
+    )
     if not adapters:
         raise ValueError("pass at least one run directory to serve")
     service = Service(adapters, workers)
