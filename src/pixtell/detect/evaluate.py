@@ -216,6 +216,8 @@ def _sections(
     metrics: dict[str, Any], figures: dict[str, Path | None], title: str
 ) -> list[Section]:
     names = {"map": "mAP@[.5:.95]", "map_50": "mAP@.5", "map_75": "mAP@.75"}
+    names.update({f"map_{a}": f"mAP {a} boxes" for a in ("small", "medium", "large")})
+    names.update({f"mar_{n}": f"AR (max {n} detections)" for n in (1, 10, 100)})
     table: dict[str, object] = {
         names.get(k, k): ("n/a" if math.isnan(metrics[k]) else metrics[k]) for k in SUMMARY_KEYS
     }
