@@ -178,7 +178,11 @@ def test_offline_pretrained_fails_before_making_a_run(
     def offline(*args: object, **kwargs: object) -> None:
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    # torchvision imported the name into its own module; patching torch.hub alone would
+    # pass only because this machine happens to be offline
+    import torchvision.models._api as tv_api
+
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", offline)
     kw = {**FAST, "model": "mobilenet_v3_small"}
     with pytest.raises(WeightsUnavailableError, match="--no-pretrained"):
         classify.train(shapes_dir, epochs=1, pretrained=True, out=tmp_path, **kw)

@@ -62,7 +62,11 @@ def test_offline_pretrained_fails_in_one_sentence(monkeypatch: pytest.MonkeyPatc
     def offline(*args: object, **kwargs: object) -> None:
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    # torchvision imported the name into its own module; patching torch.hub alone would
+    # pass only because this machine happens to be offline
+    import torchvision.models._api as tv_api
+
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", offline)
     with pytest.raises(WeightsUnavailableError) as exc:
         create("resnet18", num_classes=3, pretrained=True)
     msg = str(exc.value)
