@@ -23,7 +23,7 @@ from pixtell import detect
 from pixtell.cli import app
 from pixtell.data.demo import SHAPES, make_detection_scenes
 from pixtell.detect.data import read_split, to_coco_dict
-from pixtell.detect.evaluate import match_detections
+from pixtell.detect.evaluate import Scored, match_detections, without_difficult
 from pixtell.detect.train import arch_kwargs
 
 FAST = dict(img_size=64, batch_size=4, num_workers=0, logger=["none"], progress=False, epochs=1)
@@ -199,6 +199,26 @@ def test_evaluate_files_edge_cases_match_pycocotools(tmp_path: Path) -> None:
         [0, 0, 0, 1],
         [1, 1, 0, 0],
     ]
+
+
+def test_difficult_boxes_are_neither_missed_nor_false_positives() -> None:
+    gt = np.array([[0, 0, 10, 10], [20, 20, 30, 30]], dtype=float)
+    boxes = np.array([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], dtype=float)
+    scored = Scored(
+        images=[{"id": 1, "width": 64, "height": 64}],
+        gt_boxes=[gt],
+        gt_labels=[np.array([0, 1])],
+        boxes=[boxes],
+        labels=[np.array([0, 0, 1])],
+        scores=[np.array([0.9, 0.8, 0.7])],
+        paths=[None],
+        ignore=[np.array([False, True])],
+    )
+    plain = without_difficult(scored, 0.5)
+    assert plain.gt_boxes[0].tolist() == [[0, 0, 10, 10]]
+    # the detection on the difficult box goes, the one far from every box stays
+    assert plain.boxes[0].tolist() == [[0, 0, 10, 10], [40, 40, 50, 50]]
+    assert plain.labels[0].tolist() == [0, 1] and plain.scores[0].tolist() == [0.9, 0.7]
 
 
 def test_match_detections_by_class_and_score() -> None:

@@ -51,7 +51,7 @@ class EvalResult:
 
 
 @dataclass
-class _Scored:
+class Scored:
     """Per-image ground truth and detections (xyxy, 0-based labels) of one evaluation."""
 
     images: list[dict[str, Any]]  # id, width, height, file_name
@@ -113,7 +113,31 @@ def match_detections(
     return tp, found
 
 
-def _confusion(scored: _Scored, num_classes: int, conf: float, iou: float) -> list[list[int]]:
+def without_difficult(scored: Scored, iou: float) -> Scored:
+    """``scored`` minus VOC "difficult" boxes and the detections only they explain.
+
+    As in the mAP (where they are ``iscrowd``), a difficult box is never missed, and a
+    detection that overlaps one (IoU >= ``iou``) but no regular box is no false positive.
+    """
+    if scored.ignore is None or not any(m.any() for m in scored.ignore):
+        return scored
+    out = Scored(scored.images, [], [], [], [], [], scored.paths)
+    for i, hard in enumerate(scored.ignore):
+        gb, gl = scored.gt_boxes[i], scored.gt_labels[i]
+        boxes = scored.boxes[i]
+        keep = np.ones(len(boxes), dtype=bool)
+        if hard.any() and len(boxes):
+            ious = box_iou(torch.as_tensor(boxes).double(), torch.as_tensor(gb).double()).numpy()
+            keep = ~((ious[:, hard] >= iou).any(1) & ~(ious[:, ~hard] >= iou).any(1))
+        out.gt_boxes.append(gb[~hard])
+        out.gt_labels.append(gl[~hard])
+        out.boxes.append(boxes[keep])
+        out.labels.append(scored.labels[i][keep])
+        out.scores.append(scored.scores[i][keep])
+    return out
+
+
+def _confusion(scored: Scored, num_classes: int, conf: float, iou: float) -> list[list[int]]:
     return detection_confusion_matrix(
         scored.gt_boxes,
         scored.gt_labels,
@@ -126,7 +150,7 @@ def _confusion(scored: _Scored, num_classes: int, conf: float, iou: float) -> li
     ).tolist()
 
 
-def _counts(scored: _Scored, conf: float, iou: float) -> dict[str, Any]:
+def _counts(scored: Scored, conf: float, iou: float) -> dict[str, Any]:
     return {
         "n_images": len(scored.images),
         "n_boxes": int(sum(len(b) for b in scored.gt_boxes)),
@@ -159,7 +183,7 @@ def plot_pr_curves(curves: Mapping[str, Mapping[str, list]], out: Path) -> Path 
 
 
 def _page(
-    scored: _Scored, class_names: list[str], conf: float, iou: float, out: Path
+    scored: Scored, class_names: list[str], conf: float, iou: float, out: Path
 ) -> Path | None:
     """Drawn predictions: the images with most mistakes first; TP, FP and misses coloured."""
     outcomes = []
@@ -199,7 +223,7 @@ def _page(
 
 
 def _figures(
-    scored: _Scored, metrics: dict[str, Any], class_names: list[str], out_dir: Path
+    scored: Scored, metrics: dict[str, Any], class_names: list[str], out_dir: Path
 ) -> dict[str, Path | None]:
     return {
         "confusion": plot_confusion_matrix(
@@ -274,8 +298,8 @@ def _finish(
 # -- a run -----------------------------------------------------------------------------------
 def _collect(
     det: Detector, images: Sequence[DetImage], batch_size: int
-) -> tuple[_Scored, list[list[str]]]:
-    scored = _Scored([], [], [], [], [], [], [], [])
+) -> tuple[Scored, list[list[str]]]:
+    scored = Scored([], [], [], [], [], [], [], [])
     skipped: list[list[str]] = []
     for i, pred in det.iter_raw([img.path for img in images], batch_size=batch_size):
         img = images[i]
@@ -423,16 +447,17 @@ def evaluate(
         gt_ignore=scored.ignore,
     )
     metrics = coco_eval(gt, results)
+    plain = without_difficult(scored, iou)  # for the confusion matrix and the drawn page
     metrics.update(_counts(scored, conf, iou))
     metrics.update(
-        confusion_matrix=_confusion(scored, len(det.class_names), conf, iou),
+        confusion_matrix=_confusion(plain, len(det.class_names), conf, iou),
         split=split,
         model=det.meta.get("arch"),
         skipped=skipped,
     )
     (out_dir / "ground_truth.json").write_text(json.dumps(gt) + "\n")
     (out_dir / "predictions.json").write_text(json.dumps(results) + "\n")
-    figures = _figures(scored, metrics, det.class_names, out_dir)
+    figures = _figures(plain, metrics, det.class_names, out_dir)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
     sections = [
         Section("Run", table=run_summary(run, **{"split (images)": sizes})),
@@ -477,7 +502,7 @@ def _read_json(path: Path, what: str) -> Any:
         raise ValueError(f"{path} is not a readable JSON {what} file ({exc})") from None
 
 
-def _from_files(gt: dict[str, Any], results: list[dict[str, Any]], root: Path) -> _Scored:
+def _from_files(gt: dict[str, Any], results: list[dict[str, Any]], root: Path) -> Scored:
     """Per-image arrays (0-based labels in category-id order) from COCO GT and results."""
     cat_index = {int(c["id"]): k for k, c in enumerate(sorted(gt["categories"], key=_cid))}
     images = list(gt["images"])
@@ -513,7 +538,7 @@ def _from_files(gt: dict[str, Any], results: list[dict[str, Any]], root: Path) -
         if not p.is_file():
             p = root / "images" / str(im.get("file_name", ""))
         paths.append(p if im.get("file_name") and p.is_file() else None)
-    return _Scored(
+    return Scored(
         images=[
             {"id": int(im["id"]), "width": int(im["width"]), "height": int(im["height"])}
             for im in images
