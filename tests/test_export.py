@@ -11,12 +11,17 @@ import torch
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from pixtell.caption.decoding import beam_search, greedy  # noqa: E402
+from pixtell.caption.vocab import Vocabulary  # noqa: E402
 from pixtell.classify.predictor import Classifier  # noqa: E402
 from pixtell.data.demo import make_classification_folder  # noqa: E402
 from pixtell.export import (  # noqa: E402
+    CAPTION_FILES,
     ExportError,
+    OnnxCaptionNet,
     OnnxClassifier,
     export_onnx,
+    load_captioner,
     load_classifier,
     read_metadata,
 )
@@ -160,3 +165,79 @@ def test_cli_export(tmp_path: Path) -> None:
     assert again.exit_code == 2 and "--force" in again.output
     other = runner.invoke(app, ["export", str(run), "--format", "tflite"])
     assert other.exit_code == 2 and "onnx" in other.output
+
+
+# -- captioners ------------------------------------------------------------------------------
+WORDS = ["a", "red", "blue", "circle", "square", "on", "the", "left", "right"]
+
+
+def _caption_run(root: Path, arch: str) -> Path:
+    run = root / arch
+    run.mkdir()
+    (run / "config.yaml").write_text("task: caption\n")
+    vocab = Vocabulary(WORDS)
+    vocab.save(run)
+    kw: dict = {"embed_dim": 32, "hidden_dim": 48}
+    if arch == "show_attend_tell":
+        kw["attention_dim"] = 16
+    torch.manual_seed(0)
+    net = create(arch, "caption", num_classes=len(vocab), **kw)
+    meta = {
+        "task": "caption",
+        "arch": arch,
+        "num_classes": len(vocab),
+        "arch_kwargs": kw,
+        "vocab": "vocab.json",
+        "img_size": 64,
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
+        "max_len": 10,
+    }
+    save_model(net, run, meta)
+    return run
+
+
+@pytest.fixture(scope="module")
+def caption_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = _caption_run(tmp_path_factory.mktemp("cap"), "show_attend_tell")
+    export_onnx(run, check_inputs=[torch.rand(3, 3, 64, 64)])
+    return run
+
+
+def test_caption_graphs_carry_vocab_and_preprocessing(caption_run: Path) -> None:
+    for name in CAPTION_FILES:
+        proto = onnx.load(str(caption_run / name))
+        onnx.checker.check_model(proto, full_check=True)
+        meta = read_metadata(caption_run / name)
+        assert meta["vocab"][: len(WORDS) + 4][4:] == WORDS  # after the 4 special tokens
+        assert meta["img_size"] == 64 and meta["mean"] == [0.5, 0.5, 0.5]
+        assert meta["has_attention"] is True
+
+
+def test_caption_greedy_and_beam_equal_on_both_backends(caption_run: Path) -> None:
+    model, _ = load_model(caption_run)
+    net = OnnxCaptionNet(caption_run)
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        feats = model.encode(x)
+        got_feats = net.encode(x)
+        np.testing.assert_allclose(got_feats.numpy(), feats.numpy(), atol=1e-4)
+        want = greedy(model, feats, 10, return_alphas=True)
+        got = greedy(net, got_feats, 10, return_alphas=True)
+        for a, b in zip(want, got, strict=True):
+            assert a.tokens == b.tokens
+            assert a.logprob == pytest.approx(b.logprob, abs=1e-3)
+            np.testing.assert_allclose(np.asarray(a.alphas), np.asarray(b.alphas), atol=1e-4)
+        want_b = beam_search(model, feats, beam_size=3, max_len=10, n_best=2)
+        got_b = beam_search(net, got_feats, beam_size=3, max_len=10, n_best=2)
+    assert [[h.tokens for h in hs] for hs in want_b] == [[h.tokens for h in hs] for hs in got_b]
+
+
+def test_onnx_captioner_on_real_images(caption_run: Path, images: list[Path]) -> None:
+    some = [*images[:3], images[-1]]  # three pictures and the corrupt file
+    want = dict(load_captioner(caption_run).iter_decoded(some, beam_size=2))
+    got = dict(load_captioner(caption_run, backend="onnx").iter_decoded(some, beam_size=2))
+    assert isinstance(got[3], str) and isinstance(want[3], str)
+    for i in range(3):
+        assert got[i].hypothesis.tokens == want[i].hypothesis.tokens
+        assert got[i].grid == want[i].grid

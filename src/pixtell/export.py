@@ -14,6 +14,7 @@ object (``iter_probs`` / ``predict``) that runs the graph with onnxruntime.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import json
 import os
@@ -101,7 +102,7 @@ def export_module(
     )
     if dynamic_batch and dynamo:
         batch = torch.export.Dim("batch", min=1, max=4096)
-        kwargs["dynamic_shapes"] = tuple({0: batch} for _ in inputs)
+        kwargs["dynamic_shapes"] = _batch_shapes(module, len(inputs), {0: batch})
     elif dynamic_batch:
         kwargs["dynamic_axes"] = {n: {0: "batch"} for n in [*input_names, *output_names]}
     # the exporters print progress and deprecation notes that mean nothing to a user
@@ -135,6 +136,19 @@ def export_module(
         tmp.unlink(missing_ok=True)
         tmp.with_name(tmp.name + ".data").unlink(missing_ok=True)
     return path
+
+
+def _batch_shapes(module: nn.Module, n: int, axis: dict) -> dict[str, Any]:
+    """torch.export's ``dynamic_shapes`` for ``n`` positional inputs, keyed by parameter name
+    (a ``*args`` parameter takes a tuple of the inputs left)."""
+    shapes: dict[str, Any] = {}
+    for p in inspect.signature(module.forward).parameters.values():
+        if p.kind is p.VAR_POSITIONAL:
+            shapes[p.name] = tuple(axis for _ in range(n - len(shapes)))
+            break
+        if len(shapes) < n:
+            shapes[p.name] = axis
+    return shapes
 
 
 def ort_session(path: str | Path, threads: int | None = None) -> Any:
@@ -251,6 +265,8 @@ def export_onnx(
     task = meta.get("task")
     if task == "classify":
         return _export_classifier(model, meta, run_dir, dynamic_batch, opset, force, check_inputs)
+    if task == "caption":
+        return _export_captioner(model, meta, run_dir, opset, force, check_inputs)
     raise ExportError(f"{run_dir}: cannot export a {task!r} model to ONNX")
 
 
@@ -290,6 +306,166 @@ def _export_classifier(
         checks += [(b,) for b in batches]
     diff = _check_equal(path, net, checks)
     return ExportResult([path], diff, _metadata_strings(md))
+
+
+# -- captioners: encoder, decoder init and one decoder step ----------------------------------
+class _CaptionInit(nn.Module):
+    """features → the decoder memory tensors, then the LSTM state (h, c)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        memory = self.net.prepare(feats)
+        return (*memory, *self.net.init_state(memory))
+
+
+class _CaptionStep(nn.Module):
+    """(tokens, h, c, memory...) → (log-probabilities, h, c[, attention])."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(
+        self, tokens: torch.Tensor, h: torch.Tensor, c: torch.Tensor, *memory: torch.Tensor
+    ):  # noqa: ANN201
+        logprobs, (h, c), alpha = self.net.step(tokens, (h, c), memory)
+        return (logprobs, h, c) if alpha is None else (logprobs, h, c, alpha)
+
+
+def _export_captioner(
+    model: nn.Module,
+    meta: dict[str, Any],
+    run_dir: Path,
+    opset: int,
+    force: bool,
+    check_inputs: Sequence[torch.Tensor],
+) -> ExportResult:
+    """Three graphs with a dynamic batch (a beam search runs batch x beam rows)."""
+    paths = [run_dir / n for n in CAPTION_FILES]
+    _refuse_existing(paths, force)
+    vocab_file = run_dir / meta.get("vocab", "vocab.json")
+    try:
+        words = json.loads(vocab_file.read_text(encoding="utf-8"))["words"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ExportError(f"cannot read the vocabulary {vocab_file} ({exc})") from None
+    model = model.eval()
+    md = _preprocessing(meta) | {
+        "vocab": words,
+        "max_len": meta.get("max_len"),
+        "has_attention": meta["arch"] != "show_tell",
+        "graphs": list(CAPTION_FILES),
+    }
+    encoder, init, step = _Images(_Encode(model)), _CaptionInit(model), _CaptionStep(model)
+    images = _random_images(meta, 2)
+    with torch.no_grad():
+        feats = model.encode(images)
+        *memory, h, c = init(feats)
+        step_in = (torch.tensor([1, 1]), h, c, *memory)  # <start> for both rows
+        n_out = len(step(*step_in))
+    mem_names = [f"memory{i}" for i in range(len(memory))]
+    graphs = [
+        (encoder, (images,), ["images"], ["features"]),
+        (init, (feats,), ["features"], [*mem_names, "h", "c"]),
+        (step, step_in, ["tokens", "h", "c", *mem_names], ["logprobs", "h", "c", "alpha"][:n_out]),
+    ]
+    written: list[Path] = []
+    try:
+        for path, (module, inputs, ins, outs) in zip(paths, graphs, strict=True):
+            # ONNX names are unique per graph: the step's new state is h_next / c_next
+            outs = [f"{o}_next" if o in ins else o for o in outs]
+            export_module(
+                module,
+                inputs,
+                path,
+                input_names=ins,
+                output_names=outs,
+                dynamic_batch=True,
+                opset=opset,
+                metadata=md | {"graph": path.stem, "inputs": ins, "outputs": outs},
+            )
+            written.append(path)
+        with torch.no_grad():
+            real = [(x, model.encode(x)) for x in check_inputs]
+        diff = max(
+            _check_equal(paths[0], encoder, [(images,), *[(x,) for x, _ in real]]),
+            _check_equal(paths[1], init, [(feats,), *[(f,) for _, f in real]]),
+            _check_equal(paths[2], step, [step_in]),
+        )
+    except Exception:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
+    return ExportResult(paths, diff, _metadata_strings(md))
+
+
+class _Encode(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net.encode(images)
+
+
+class OnnxCaptionNet(nn.Module):
+    """The caption model interface (``encode``, ``prepare``, ``init_state``, ``step``) on
+    onnxruntime, so the Python greedy and beam searches drive the exported graphs unchanged.
+
+    ``prepare`` returns the memory tensors followed by the initial (h, c): all are batch-first,
+    so a beam search's ``repeat_interleave`` expands the state along with the memory.
+    """
+
+    def __init__(self, run: str | Path | Run, threads: int | None = None) -> None:
+        super().__init__()
+        self.paths = [find_onnx(run, n) for n in CAPTION_FILES]
+        self.meta = read_metadata(self.paths[0])
+        self.encoder, self.init, self.stepper = (ort_session(p, threads) for p in self.paths)
+        self.vocab: list[str] = self.meta["vocab"]
+
+    @staticmethod
+    def _run(session: Any, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        feed = {i.name: t.cpu().numpy() for i, t in zip(session.get_inputs(), tensors, strict=True)}
+        return [torch.from_numpy(o) for o in session.run(None, feed)]
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self._run(self.encoder, images.float())[0]
+
+    def prepare(self, feats: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self._run(self.init, feats.float()))
+
+    def init_state(self, memory: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        return memory[-2], memory[-1]
+
+    def step(
+        self, tokens: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor], memory: tuple
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
+        out = self._run(self.stepper, tokens.long(), *state, *memory[:-2])
+        return out[0], (out[1], out[2]), (out[3] if len(out) > 3 else None)
+
+
+def load_captioner(
+    run: str | Path | Run,
+    backend: Backend = "torch",
+    *,
+    device: str | None = None,
+    max_pixels: int | None = None,
+    threads: int | None = None,
+) -> Any:
+    """The run's ``Captioner`` (beam search, attention maps), on PyTorch or onnxruntime."""
+    from pixtell.caption.predict import Captioner
+    from pixtell.caption.vocab import Vocabulary
+
+    if backend == "torch":
+        return Captioner.from_run(run, device=device, max_pixels=max_pixels)
+    if backend != "onnx":
+        raise ValueError(f"unknown --backend {backend!r}: use torch or onnx")
+    _require_onnx()
+    net = OnnxCaptionNet(run, threads)
+    meta = net.meta | {"num_classes": len(net.vocab)}
+    return Captioner(net, Vocabulary(net.vocab), meta, "cpu", max_pixels)
 
 
 # -- onnxruntime classifier -------------------------------------------------------------------
