@@ -22,6 +22,7 @@ from pixtell.detect.predict import Detector, draw_boxes
 from pixtell.detect.train import SPLIT_FILE
 from pixtell.metrics.detection import coco_eval, detection_confusion_matrix, to_coco
 from pixtell.models import create
+from pixtell.models.io import META_FILE
 from pixtell.report import (
     Section,
     contact_sheet,
@@ -324,6 +325,20 @@ def _collect(
     return scored, skipped
 
 
+def _coco_pair(scored: Scored, class_names: list[str]) -> tuple[dict, list[dict]]:
+    """COCO ground truth (difficult boxes as ``iscrowd``) and results for ``coco_eval``."""
+    return to_coco(
+        scored.images,
+        class_names,
+        scored.gt_boxes,
+        scored.gt_labels,
+        pred_boxes=scored.boxes,
+        pred_labels=scored.labels,
+        pred_scores=scored.scores,
+        gt_ignore=scored.ignore,
+    )
+
+
 def _checkpoint_detector(ckpt: Path, meta: dict[str, Any]) -> tuple[Detector, int, int]:
     """The detector saved in a Lightning checkpoint of the run, its global step and epoch."""
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -344,14 +359,14 @@ def _checkpoint_detector(ckpt: Path, meta: dict[str, Any]) -> tuple[Detector, in
 def evaluate_checkpoints(
     run: Run,
     images: Sequence[DetImage],
-    class_names: list[str],
     out_dir: Path,
     *,
     batch_size: int = 8,
 ) -> tuple[list[dict[str, Any]], Path | None]:
     """mAP of every checkpoint the run kept (``checkpoints/step-*``, ``last``, ``best``) on
     ``images``, by training step; writes ``checkpoints.json`` and ``map_over_training.png``."""
-    meta = Detector.from_run(run).meta
+    meta = json.loads((run.dir / META_FILE).read_text())
+    class_names = list(meta["class_names"])
     found = sorted((run.dir / "checkpoints").glob("*.ckpt")) + [
         run.dir / name for name in ("last.ckpt", "best.ckpt") if (run.dir / name).is_file()
     ]
@@ -361,17 +376,7 @@ def evaluate_checkpoints(
         scored, _ = _collect(det, images, batch_size)
         if not scored.images:
             continue
-        gt, results = to_coco(
-            scored.images,
-            class_names,
-            scored.gt_boxes,
-            scored.gt_labels,
-            pred_boxes=scored.boxes,
-            pred_labels=scored.labels,
-            pred_scores=scored.scores,
-            gt_ignore=scored.ignore,
-        )
-        m = coco_eval(gt, results)
+        m = coco_eval(*_coco_pair(scored, class_names))
         rows.append(
             {
                 "checkpoint": ckpt.relative_to(run.dir).as_posix(),
@@ -436,16 +441,7 @@ def evaluate(
     scored, skipped = _collect(det, images, batch_size)
     if not scored.images:
         raise ValueError(f"none of the {len(images)} {split} images could be read")
-    gt, results = to_coco(
-        scored.images,
-        det.class_names,
-        scored.gt_boxes,
-        scored.gt_labels,
-        pred_boxes=scored.boxes,
-        pred_labels=scored.labels,
-        pred_scores=scored.scores,
-        gt_ignore=scored.ignore,
-    )
+    gt, results = _coco_pair(scored, det.class_names)
     metrics = coco_eval(gt, results)
     plain = without_difficult(scored, iou)  # for the confusion matrix and the drawn page
     metrics.update(_counts(scored, conf, iou))
@@ -475,9 +471,7 @@ def evaluate(
         ),
     ]
     if all_checkpoints:
-        rows, png = evaluate_checkpoints(
-            run, images, det.class_names, out_dir, batch_size=batch_size
-        )
+        rows, png = evaluate_checkpoints(run, images, out_dir, batch_size=batch_size)
         metrics["checkpoints"] = rows
         table = [["checkpoint", "epoch", "step", "mAP", "mAP@.5", "mAP@.75"]] + [
             [r["checkpoint"], r["epoch"], r["step"], r["map"], r["map_50"], r["map_75"]]
