@@ -4,11 +4,12 @@ Starts the real app with uvicorn in this process (a background thread), then for
 count runs that many client threads, each posting one JPEG to ``/v1/classify`` in a loop with
 its own keep-alive connection, for at most ``--seconds`` and ``--max-requests`` in all.
 Prints requests/s, p50/p99 latency and the error count (anything but 200; must be 0) and the
-speed-up over one client. Without RUN it serves an untrained ``--model`` (random weights: the
-speed of a model does not depend on its weights).
+speed-up over one client, for each ``--backends`` entry (onnx: the run's ``model.onnx``).
+Without RUN it serves an untrained ``--model`` (random weights: the speed of a model does not
+depend on its weights), exported to ONNX in a temporary folder.
 
     python bench/serve_load.py --clients 1,8 --seconds 15
-    python bench/serve_load.py runs/classify/photos --clients 1,2,4,8
+    python bench/serve_load.py runs/classify/photos --clients 1,2,4,8 --backends torch
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from pixtell.serve import create_app
 class Result:
     """One client count's measurement."""
 
+    backend: str
     clients: int
     requests: int
     errors: int
@@ -80,7 +82,9 @@ def photo(size: int) -> bytes:
     return buf.getvalue()
 
 
-def load(url: str, data: bytes, clients: int, seconds: float, max_requests: int) -> Result:
+def load(
+    url: str, data: bytes, clients: int, seconds: float, max_requests: int, backend: str = ""
+) -> Result:
     """``clients`` threads posting ``data`` until the time or the request budget runs out."""
     lock = threading.Lock()
     latencies: list[float] = []
@@ -115,6 +119,7 @@ def load(url: str, data: bytes, clients: int, seconds: float, max_requests: int)
     elapsed = time.perf_counter() - start
     ms = np.asarray(latencies) * 1e3
     return Result(
+        backend,
         clients,
         len(latencies),
         errors,
@@ -124,6 +129,30 @@ def load(url: str, data: bytes, clients: int, seconds: float, max_requests: int)
     )
 
 
+class Server:
+    """The app on a free loopback port, served by uvicorn in a daemon thread."""
+
+    def __init__(self, run: Path, backend: str, workers: int) -> None:
+        app = create_app([run], workers=workers, backend=backend, ui=False, api_key="")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}/v1/classify"
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> Server:
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", nargs="?", type=Path, help="a classify run (default: untrained)")
@@ -131,44 +160,40 @@ def main() -> int:
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--photo-size", type=int, default=640, help="uploaded JPEG side")
     parser.add_argument("--clients", default="1,8", help="comma-separated client counts")
+    parser.add_argument("--backends", default="torch,onnx", help="comma-separated: torch, onnx")
     parser.add_argument("--workers", type=int, default=4, help="server inference threads")
-    parser.add_argument("--seconds", type=float, default=15.0, help="per client count")
-    parser.add_argument("--max-requests", type=int, default=2000, help="per client count")
+    parser.add_argument("--seconds", type=float, default=15.0, help="per measurement")
+    parser.add_argument("--max-requests", type=int, default=2000, help="per measurement")
     args = parser.parse_args()
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
 
-    tmp = tempfile.TemporaryDirectory(prefix="pixtell-bench-")
-    run = args.run or untrained_run(Path(tmp.name), args.model, args.img_size, 10)
-    app = create_app([run], workers=args.workers, ui=False, api_key="")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}/v1/classify"
-    data = photo(args.photo_size)
-    load(url, data, 1, 2.0, 20)  # warm-up: first allocations, lazy imports
+    with tempfile.TemporaryDirectory(prefix="pixtell-bench-") as tmp:
+        run = args.run
+        if run is None:
+            run = untrained_run(Path(tmp), args.model, args.img_size, 10)
+            if "onnx" in backends:
+                from pixtell.export import export_onnx
 
-    results = [
-        load(url, data, int(n), args.seconds, args.max_requests) for n in args.clients.split(",")
-    ]
-    server.should_exit = True
-    thread.join(timeout=10)
-    tmp.cleanup()
+                export_onnx(run, dynamic_batch=True)
+        data = photo(args.photo_size)
+        results = []
+        for backend in backends:
+            with Server(run, backend, args.workers) as server:
+                load(server.url, data, 1, 2.0, 20)  # warm-up: first allocations, lazy imports
+                for n in args.clients.split(","):
+                    results.append(
+                        load(server.url, data, int(n), args.seconds, args.max_requests, backend)
+                    )
 
     table = Table(
-        "clients", "requests", "req/s", "p50 ms", "p99 ms", "errors", "× 1 client",
+        "backend", "clients", "requests", "req/s", "p50 ms", "p99 ms", "errors", "× 1 client",
         title=f"pixtell serve /v1/classify, {args.workers} worker threads, "
-        f"{len(data) // 1024} kB JPEG, model {run if args.run else args.model}",
+        f"{len(data) // 1024} kB JPEG, model {args.run or args.model}",
     )  # fmt: skip
-    base = results[0].rps
     for r in results:
+        base = next(b for b in results if b.backend == r.backend).rps
         table.add_row(
-            str(r.clients), str(r.requests), f"{r.rps:.1f}", f"{r.p50_ms:.1f}",
+            r.backend, str(r.clients), str(r.requests), f"{r.rps:.1f}", f"{r.p50_ms:.1f}",
             f"{r.p99_ms:.1f}", str(r.errors), f"{r.rps / base:.2f}",
         )  # fmt: skip
     Console().print(table)

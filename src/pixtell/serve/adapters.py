@@ -64,6 +64,7 @@ class ClassifyAdapter(Adapter):
         max_pixels: int | None = None,
         topk: int = 5,
         backend: Backend = "torch",
+        threads: int | None = None,
     ) -> None:
         from pixtell.classify import Classifier
 
@@ -71,7 +72,9 @@ class ClassifyAdapter(Adapter):
             from pixtell.export import OnnxClassifier
 
             # a Classifier subclass: the same preprocessing and softmax, onnxruntime's logits
-            self.model: Classifier = OnnxClassifier.from_path(run, max_pixels=max_pixels)
+            self.model: Classifier = OnnxClassifier.from_path(
+                run, max_pixels=max_pixels, threads=threads
+            )
         else:
             self.model = Classifier.from_run(run, max_pixels=max_pixels)
         self.backend = backend
@@ -193,9 +196,11 @@ def load_adapter(
     name: str | None = None,
     max_pixels: int | None = None,
     backend: Backend = "torch",
+    threads: int | None = None,
 ) -> Adapter:
     """Load a run for serving with the adapter of its task; ``name`` defaults to the run's
-    folder name. ``backend="onnx"`` runs a classifier's exported ``model.onnx``."""
+    folder name. ``backend="onnx"`` runs a classifier's exported ``model.onnx`` with
+    ``threads`` onnxruntime threads per request (default: onnxruntime's own choice)."""
     task = run_task(run)
     name = name or _run_dir(run).name
     if backend == "torch":
@@ -207,7 +212,7 @@ def load_adapter(
             f"{_run_dir(run)} is a {task} run: --backend onnx serves classifiers only; "
             "serve it with --backend torch"
         )
-    return ClassifyAdapter(run, name, max_pixels=max_pixels, backend="onnx")
+    return ClassifyAdapter(run, name, max_pixels=max_pixels, backend="onnx", threads=threads)
 
 
 def load_adapters(
@@ -215,6 +220,7 @@ def load_adapters(
     *,
     max_pixels: int | None = None,
     backend: Backend = "torch",
+    threads: int | None = None,
 ) -> list[Adapter]:
     """Adapters for several runs with unique names (``name``, ``name-2`` … on clashes)."""
     if not runs:
@@ -228,5 +234,7 @@ def load_adapters(
             n += 1
             name = f"{base}-{n}"
         taken.add(name)
-        out.append(load_adapter(run, name=name, max_pixels=max_pixels, backend=backend))
+        out.append(
+            load_adapter(run, name=name, max_pixels=max_pixels, backend=backend, threads=threads)
+        )
     return out

@@ -276,8 +276,12 @@ def create_app(
         raise ValueError(f"--max-upload-mb must be positive (got {max_upload_mb})")
     ready = [r for r in runs if isinstance(r, Adapter)]
     paths = [r for r in runs if not isinstance(r, Adapter)]
+    # onnxruntime's threads would oversubscribe the cores when `workers` requests run at once
+    threads = max(1, (os.cpu_count() or 1) // workers)
     adapters = ready + (
-        load_adapters(paths, max_pixels=max_pixels, backend=backend) if paths else []
+        load_adapters(paths, max_pixels=max_pixels, backend=backend, threads=threads)
+        if paths
+        else []
     )
     if not adapters:
         raise ValueError("pass at least one run directory to serve")
