@@ -4,6 +4,7 @@ limit at the ASGI level, the worker pool, the API key, and the real server in he
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -311,6 +312,56 @@ def test_streamed_upload_is_refused_before_it_is_read_whole(trained_run: classif
     assert pulled <= 0.1 * 2**20 / len(chunk) + 3 < total
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     assert "--max-upload-mb" in json.loads(body)["detail"]
+
+
+def test_real_server_refuses_a_chunked_upload_early(trained_run: classify.Run) -> None:
+    """Over TCP: a 64 MB chunked upload to a 1 MB server gets 413 long before it is all sent."""
+    import select
+
+    import uvicorn
+
+    app = create_app([trained_run], max_upload_mb=1, ui=False, api_key="")
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        head = (
+            b'--zzz\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n"
+        )
+        chunk = b"x" * 65536
+        sent, reply = 0, b""
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(
+                b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: multipart/form-data; boundary=zzz\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n"
+            )
+            body = head + chunk
+            try:
+                while sent < 64 * 2**20:
+                    sock.sendall(b"%x\r\n%s\r\n" % (len(body), body))
+                    sent += len(body)
+                    body = chunk
+                    if select.select([sock], [], [], 0)[0]:
+                        break
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            with contextlib.suppress(OSError):
+                while data := sock.recv(65536):
+                    reply += data
+                    if b"\r\n\r\n" in reply and reply.endswith(b"}"):
+                        break
+        assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+        assert b"--max-upload-mb" in reply
+        assert sent < 16 * 2**20  # the rest was never read (kernel buffers hold a few MB)
+        assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def test_decompression_bomb_is_refused(trained_run: classify.Run) -> None:
