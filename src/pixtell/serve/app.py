@@ -175,7 +175,10 @@ def status_for(exc: ImageLoadError) -> int:
 
 
 class Service:
-    """The loaded adapters, the thread pool limit and the one request path API and UI share."""
+    """The loaded adapters (by name) and the bounded thread pool the REST routes run in.
+
+    (The Gradio page runs in Gradio's queue, with the same number of concurrent workers.)
+    """
 
     def __init__(self, adapters: Sequence[Adapter], workers: int) -> None:
         if workers < 1:
