@@ -161,7 +161,7 @@ def test_every_caption_model_builds_with_defaults() -> None:
         create("show_attend_tell", "caption", num_classes=5, attention="sharp")
 
 
-_BIG = {"resnet50", "resnet101", "resnet152", "tinyvgg_b", "tinyvgg_c", "tinyvgg_d", "tinyvgg_e"}
+_BIG = {"resnet50", "resnet101", "resnet152", "vit_b_16"} | {f"tinyvgg_{c}" for c in "bcde"}
 
 
 @pytest.mark.parametrize(
@@ -173,8 +173,9 @@ _BIG = {"resnet50", "resnet101", "resnet152", "tinyvgg_b", "tinyvgg_c", "tinyvgg
 )
 def test_build_encoder_gives_a_spatial_map_for_every_classifier(name: str) -> None:
     enc, channels = build_encoder(name)
+    size = 224 if name.startswith("vit") else 64  # torchvision's ViT takes one size only
     with torch.no_grad():
-        out = enc.eval()(torch.randn(1, 3, 64, 64))
+        out = enc.eval()(torch.randn(1, 3, size, size))
     assert out.ndim == 4 and out.shape[1] == channels and out.shape[2] * out.shape[3] > 1
 
 

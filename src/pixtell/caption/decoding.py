@@ -148,6 +148,7 @@ def beam_search(
     n_done = torch.zeros(B, dtype=torch.long, device=dev)
     rank = torch.arange(K, device=dev)
     base = torch.arange(B, device=dev)[:, None] * K
+    image = list(range(B))  # active slot -> image: finished images leave the batch
     done: list[list[Hypothesis]] = [[] for _ in range(B)]
     for t in range(max_len):
         logprobs, state, alpha = model.step(tokens, state, memory)
@@ -158,7 +159,7 @@ def beam_search(
             beam_lp = logprobs.new_full((B, K), float("-inf"))
             beam_lp[:, 0] = 0.0
         V = logprobs.shape[1]
-        cand = (beam_lp.reshape(-1, 1) + logprobs).view(B, K * V)
+        cand = (beam_lp.reshape(-1, 1) + logprobs).view(-1, K * V)
         top_lp, top_idx = cand.topk(K, dim=1)
         src = (base + torch.div(top_idx, V, rounding_mode="floor")).view(-1)
         new_tok = top_idx % V
@@ -178,14 +179,26 @@ def beam_search(
             words = history[row, : t + (0 if fin else 1)].tolist()
             lp = float(top_lp[b, r])
             att = alpha_hist[row, : len(words)] if alpha_hist is not None else None
-            done[b].append(Hypothesis(words, lp, _normalise(lp, t + 1, length_penalty), fin, att))
+            done[image[b]].append(
+                Hypothesis(words, lp, _normalise(lp, t + 1, length_penalty), fin, att)
+            )
         live = valid & ~ends
         if not live.any():
             break
         beam_lp = top_lp.masked_fill(~live, float("-inf"))
         n_done += ends.sum(dim=1)
+        keep = live.any(dim=1)
+        if not keep.all():  # drop the images with no live beam from every per-row tensor
+            idx = keep.nonzero().flatten()
+            rows = (idx[:, None] * K + rank).flatten()
+            image = [image[i] for i in idx.tolist()]
+            beam_lp, n_done, new_tok = beam_lp[idx], n_done[idx], new_tok[idx]
+            src, history = src[rows], history[rows]
+            alpha_hist = alpha_hist[rows] if alpha_hist is not None else None
+            memory = tuple(m[rows] for m in memory)
+            base = torch.arange(len(idx), device=dev)[:, None] * K
         state = tuple(s[src] for s in state)
-        tokens = new_tok.view(-1)
+        tokens = new_tok.reshape(-1)
     return [sorted(hyps, key=lambda h: -h.score)[:n_best] for hyps in done]
 
 

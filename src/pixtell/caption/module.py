@@ -55,7 +55,7 @@ class CaptionModule(L.LightningModule):
         weights: str | None = None,
         from_features: bool = False,
         optimizer: str = "adamw",
-        lr: float = 2e-3,
+        lr: float = 3e-3,
         weight_decay: float = 0.0,
         momentum: float = 0.9,
         scheduler: str = "cosine",

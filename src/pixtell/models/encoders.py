@@ -12,13 +12,14 @@ its head, whatever the architecture, so no per-model table is needed.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
-from pixtell.models.registry import create, register
+from pixtell.models.registry import create, get_spec, register
 
 _PROBE_SIZE = 128  # big enough that every stride-32 backbone still has a 4×4 map
 
@@ -29,7 +30,7 @@ class SmallCNN(nn.Module):
     def __init__(
         self,
         num_classes: int,
-        width: int = 32,
+        width: int = 16,
         convs: tuple[int, ...] = (1, 1, 1, 2),
         dropout: float = 0.1,
     ) -> None:
@@ -78,30 +79,51 @@ def build_small_cnn(num_classes: int, pretrained: bool = False, **kw: object) ->
 
 
 class SpatialEncoder(nn.Module):
-    """A traced backbone returning its last spatial map, optionally pooled to a fixed grid."""
+    """A traced backbone returning its last spatial map, optionally pooled to a fixed grid.
 
-    def __init__(self, body: nn.Module, node: str, grid: int | None = None) -> None:
+    ``skip_tokens`` is set for a transformer whose last features are tokens (B, L, D): the
+    first ``skip_tokens`` (class token) are dropped and the rest laid out as a square map.
+    """
+
+    def __init__(
+        self, body: nn.Module, node: str, grid: int | None = None, skip_tokens: int | None = None
+    ) -> None:
         super().__init__()
         self.body = body
         self.node = node
+        self.skip_tokens = skip_tokens
         self.pool = nn.AdaptiveAvgPool2d(grid) if grid else nn.Identity()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.body(images)[self.node])
+        out = self.body(images)[self.node]
+        if self.skip_tokens is not None:
+            tokens = out[:, self.skip_tokens :]
+            side = math.isqrt(tokens.shape[1])
+            out = tokens.transpose(1, 2).reshape(out.shape[0], out.shape[2], side, side)
+        return self.pool(out)
 
 
-def last_spatial_node(model: nn.Module) -> tuple[str, int]:
-    """Name and channel count of the last FX node of ``model`` whose output is a spatial map."""
+def _as_map(out: object) -> tuple[int, int | None] | None:
+    """(channels, tokens to skip) when ``out`` is a spatial map or square token grid."""
+    if not isinstance(out, torch.Tensor):
+        return None
+    if out.ndim == 4 and out.shape[2] * out.shape[3] > 1:
+        return out.shape[1], None
+    if out.ndim == 3:
+        side = math.isqrt(out.shape[1])
+        if side >= 2 and out.shape[1] - side * side <= 1:
+            return out.shape[2], out.shape[1] - side * side
+    return None
+
+
+def last_spatial_node(model: nn.Module, size: int = _PROBE_SIZE) -> tuple[str, int, int | None]:
+    """The last FX node of ``model`` that is a spatial map: (name, channels, tokens to skip)."""
     _, nodes = get_graph_node_names(model)
     nodes = [n for n in nodes if n != "x"]
     probe = create_feature_extractor(model, return_nodes=nodes).eval()
     with torch.no_grad():
-        outs = probe(torch.zeros(1, 3, _PROBE_SIZE, _PROBE_SIZE))
-    spatial = [
-        (name, out.shape[1])
-        for name, out in outs.items()
-        if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[2] * out.shape[3] > 1
-    ]
+        outs = probe(torch.zeros(1, 3, size, size))
+    spatial = [(name, *m) for name, out in outs.items() if (m := _as_map(out)) is not None]
     if not spatial:
         raise ValueError(f"{type(model).__name__} has no spatial feature map to attend over")
     return spatial[-1]
@@ -124,6 +146,7 @@ def build_encoder(
     model = create(
         name, "classify", num_classes=1, pretrained=pretrained, weights=weights, **kwargs
     )
-    node, channels = last_spatial_node(model)
+    # probe at the model's own size when it is fixed (ViT), else big enough for stride 32
+    node, channels, skip = last_spatial_node(model, max(_PROBE_SIZE, get_spec(name).input_size))
     body = create_feature_extractor(model, return_nodes=[node])
-    return SpatialEncoder(body, node, grid), channels
+    return SpatialEncoder(body, node, grid, skip), channels
