@@ -140,20 +140,20 @@ class DetectTrainConfig(TrainerSettings):
         0.1, gt=0, le=1, description="Backbone LR multiplier for --train-mode split."
     )
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="adamw or sgd.")
-    lr: float = Field(2e-3, gt=0, description="Peak learning rate.")
+    lr: float = Field(3e-3, gt=0, description="Peak learning rate.")
     weight_decay: float = Field(0.05, ge=0, description="Weight decay (not on norms/biases).")
     momentum: float = Field(0.9, ge=0, description="SGD momentum.")
     scheduler: Literal["cosine", "step", "plateau", "none"] = Field(
         "cosine", description="LR schedule, stepped every batch (plateau: every epoch)."
     )
-    warmup_epochs: float = Field(0.5, ge=0, description="Linear LR warm-up (epochs).")
+    warmup_epochs: float = Field(0.15, ge=0, description="Linear LR warm-up (epochs).")
     step_size: int = Field(10, ge=1, description="Epochs between decays for --scheduler step.")
     gamma: float = Field(0.1, gt=0, le=1, description="Decay factor for step and plateau.")
     monitor: Literal["val_map", "val_map_50"] = Field(
         "val_map", description="Validation mAP for the best checkpoint and early stopping."
     )
     hflip: bool = Field(True, description="Random horizontal flips (boxes flip too).")
-    batch_size: int = Field(8, ge=1, description="Images per batch (per device).")
+    batch_size: int = Field(16, ge=1, description="Images per batch (per device).")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of images for validation.")
     test_fraction: float = Field(0.1, ge=0, lt=1, description="Share of images for testing.")
 
