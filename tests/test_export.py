@@ -23,6 +23,7 @@ from pixtell.export import (  # noqa: E402
     export_onnx,
     load_captioner,
     load_classifier,
+    load_detector,
     read_metadata,
 )
 from pixtell.models import create, load_model, save_model  # noqa: E402
@@ -241,3 +242,52 @@ def test_onnx_captioner_on_real_images(caption_run: Path, images: list[Path]) ->
     for i in range(3):
         assert got[i].hypothesis.tokens == want[i].hypothesis.tokens
         assert got[i].grid == want[i].grid
+
+
+# -- detectors -------------------------------------------------------------------------------
+def _detect_run(root: Path, arch: str, size: int, **kw: object) -> Path:
+    run = root / arch
+    run.mkdir()
+    torch.manual_seed(0)
+    save_model(
+        create(arch, "detect", num_classes=2, **kw),
+        run,
+        {
+            "task": "detect",
+            "arch": arch,
+            "num_classes": 2,
+            "class_names": ["cat", "dog"],
+            "arch_kwargs": kw,
+            "img_size": size,
+        },
+    )
+    return run
+
+
+def test_detector_any_image_size_equal_to_torch(tmp_path: Path, images: list[Path]) -> None:
+    # an untrained detector scores below the default threshold (0.05) everywhere
+    run = _detect_run(tmp_path, "tiny_fcos", 64, img_size=64, score_thresh=1e-3)
+    export_onnx(run, check_inputs=[torch.rand(3, 40, 90)])
+    meta = read_metadata(run / "model.onnx")
+    assert meta["task"] == "detect" and meta["class_names"] == ["cat", "dog"]
+    assert meta["mean"] == pytest.approx([0.485, 0.456, 0.406])  # normalised inside the graph
+    torch_det, onnx_det = load_detector(run), load_detector(run, backend="onnx")
+    want = dict(torch_det.iter_raw(images[:2] + images[-1:], batch_size=1))
+    got = dict(onnx_det.iter_raw(images[:2] + images[-1:], batch_size=4))
+    assert isinstance(got[2], str) and isinstance(want[2], str)  # the corrupt file
+    for i in range(2):
+        assert len(got[i]["scores"]) == len(want[i]["scores"]) > 0
+        order_g, order_w = np.argsort(-got[i]["scores"]), np.argsort(-want[i]["scores"])
+        np.testing.assert_allclose(got[i]["scores"][order_g], want[i]["scores"][order_w], atol=1e-4)
+        top = order_w[0], order_g[0]  # the best box is far above the others' scores
+        np.testing.assert_allclose(got[i]["boxes"][top[1]], want[i]["boxes"][top[0]], atol=1e-3)
+
+
+@pytest.mark.slow
+def test_detector_onnx_cannot_reproduce_is_one_clear_line(tmp_path: Path) -> None:
+    run = _detect_run(tmp_path, "ssdlite320_mobilenet_v3_large", 320)
+    try:
+        export_onnx(run)
+    except ExportError as exc:
+        assert "\n" not in str(exc) and "--backend torch" in str(exc)
+        assert not (run / "model.onnx").exists()

@@ -81,6 +81,7 @@ def export_module(
     opset: int = DEFAULT_OPSET,
     metadata: dict[str, Any] | None = None,
     dynamo: bool | None = None,
+    dynamic_axes: dict[str, dict[int, str]] | None = None,
 ) -> Path:
     """Export ``module(*inputs)`` to ``path``, add ``metadata`` and run ``onnx.checker``.
 
@@ -105,6 +106,8 @@ def export_module(
         kwargs["dynamic_shapes"] = _batch_shapes(module, len(inputs), {0: batch})
     elif dynamic_batch:
         kwargs["dynamic_axes"] = {n: {0: "batch"} for n in [*input_names, *output_names]}
+    if dynamic_axes:  # the TorchScript exporter's own form (other axes than the batch)
+        kwargs["dynamic_axes"] = kwargs.get("dynamic_axes", {}) | dynamic_axes
     # the exporters print progress and deprecation notes that mean nothing to a user
     with (
         warnings.catch_warnings(),
@@ -267,6 +270,8 @@ def export_onnx(
         return _export_classifier(model, meta, run_dir, dynamic_batch, opset, force, check_inputs)
     if task == "caption":
         return _export_captioner(model, meta, run_dir, opset, force, check_inputs)
+    if task == "detect":
+        return _export_detector(model, meta, run_dir, opset, force, check_inputs)
     raise ExportError(f"{run_dir}: cannot export a {task!r} model to ONNX")
 
 
@@ -466,6 +471,146 @@ def load_captioner(
     net = OnnxCaptionNet(run, threads)
     meta = net.meta | {"num_classes": len(net.vocab)}
     return Captioner(net, Vocabulary(net.vocab), meta, "cpu", max_pixels)
+
+
+# -- detectors -------------------------------------------------------------------------------
+DETECT_OUTPUTS = ("boxes", "labels", "scores")
+BOX_TOLERANCE = 1e-3  # pixels: box coordinates are hundreds of pixels, float32 rounds ~1e-5
+
+
+class _Detect(nn.Module):
+    """One 0-1 RGB image (3, H, W) of any size → boxes (xyxy pixels), labels, scores.
+
+    torchvision's detectors resize and normalise inside the graph; labels stay 1-based
+    (0 is torchvision's background) as the PyTorch model returns them.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.net([image])[0]
+        return out["boxes"], out["labels"], out["scores"]
+
+
+def _unambiguous(scores: np.ndarray, gap: float = 1e-5) -> np.ndarray:
+    """Mask of the detections (sorted by score) whose rank float rounding cannot change: no
+    other score within ``gap``, and clear of the lowest kept score (the top-k cut)."""
+    if scores.size < 2:
+        return np.ones(scores.shape, bool)
+    d = np.abs(np.diff(scores))
+    alone = np.minimum(np.r_[np.inf, d], np.r_[d, np.inf]) > gap
+    return alone & (scores - scores.min() > gap)
+
+
+def _compare_detections(session: Any, module: nn.Module, image: torch.Tensor, arch: str) -> float:
+    """Largest score difference; boxes and labels compared where the order is well defined
+    (an untrained detector's near-equal scores may rank differently in the last bit)."""
+    got = session.run(None, {"image": image.numpy()})
+    with torch.no_grad():
+        want = [t.numpy() for t in module(image)]
+    if got[0].shape != want[0].shape:
+        raise ExportError(
+            f"onnxruntime finds {len(got[0])} objects where PyTorch finds {len(want[0])}: "
+            f"torchvision's ONNX export does not reproduce {arch}; use --backend torch with it"
+        )
+    if not got[0].size:
+        return 0.0
+    go, wo = np.argsort(-got[2], kind="stable"), np.argsort(-want[2], kind="stable")
+    score = float(np.abs(got[2][go] - want[2][wo]).max())
+    keep = _unambiguous(want[2][wo])
+    box = float(np.abs(got[0][go][keep] - want[0][wo][keep]).max()) if keep.any() else 0.0
+    labels_ok = np.array_equal(got[1][go][keep], want[1][wo][keep])
+    if box > BOX_TOLERANCE or score > TOLERANCE or not labels_ok:
+        raise ExportError(
+            f"the exported {arch} differs from PyTorch (boxes by {box:.1e} px, scores by "
+            f"{score:.1e}); use --backend torch with it"
+        )
+    return score
+
+
+def _export_detector(
+    model: nn.Module,
+    meta: dict[str, Any],
+    run_dir: Path,
+    opset: int,
+    force: bool,
+    check_inputs: Sequence[torch.Tensor],
+) -> ExportResult:
+    """``model.onnx`` taking one image of any size; traced with the TorchScript exporter,
+    the one torchvision's detection models are written (and tested) for."""
+    path = run_dir / ONNX_FILE
+    _refuse_existing([path], force)
+    net = _Detect(model).eval()
+    transform = getattr(model, "transform", None)
+    md = {
+        "task": "detect",
+        "arch": meta["arch"],
+        "img_size": int(meta["img_size"]),
+        "class_names": list(meta["class_names"]),
+        "mean": list(getattr(transform, "image_mean", [])),
+        "std": list(getattr(transform, "image_std", [])),
+        "inputs": "image: float RGB (3, H, W) in 0-1, any size (resized and normalised inside)",
+        "outputs": "boxes (N, 4) xyxy pixels, labels (N,) 1-based (0 = background), scores (N,)",
+        "producer": "pixtell",
+    }
+    s = int(meta["img_size"])
+    g = torch.Generator().manual_seed(0)
+    example = torch.rand(3, s, s, generator=g)
+    export_module(
+        net,
+        (example,),
+        path,
+        input_names=["image"],
+        output_names=list(DETECT_OUTPUTS),
+        opset=max(opset, 11),
+        metadata=md,
+        dynamo=False,
+        dynamic_axes={"image": {1: "height", 2: "width"}},
+    )
+    try:
+        session = ort_session(path)
+        others = [torch.rand(3, s * 3 // 4, s, generator=g)] + [
+            img for x in check_inputs for img in (x if x.dim() == 4 else x[None])
+        ]
+        diff = max(_compare_detections(session, net, x, meta["arch"]) for x in [example, *others])
+    except Exception:
+        path.unlink(missing_ok=True)
+        raise
+    return ExportResult([path], diff, _metadata_strings(md))
+
+
+class OrtDetectNet(nn.Module):
+    """An exported detector behind torchvision's call: a list of images → a list of dicts."""
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        super().__init__()
+        self.path, self.session = path, ort_session(path, threads)
+
+    def forward(self, images: Sequence[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        out = []
+        for image in images:
+            got = self.session.run(None, {"image": image.detach().float().cpu().numpy()})
+            out.append({k: torch.from_numpy(v) for k, v in zip(DETECT_OUTPUTS, got, strict=True)})
+        return out
+
+
+def load_detector(
+    run: str | Path | Run, backend: Backend = "torch", *, threads: int | None = None
+) -> Any:
+    """The run's ``Detector`` (``raw`` / ``iter_raw``) on PyTorch or onnxruntime."""
+    from pixtell.detect.predict import Detector
+
+    if backend == "torch":
+        return Detector.from_run(run)
+    if backend != "onnx":
+        raise ValueError(f"unknown --backend {backend!r}: use torch or onnx")
+    path = find_onnx(run)
+    meta = read_metadata(path)
+    if meta.get("task") != "detect":
+        raise ValueError(f"{path} holds a {meta.get('task')} model, not a detector")
+    return Detector(OrtDetectNet(path, threads), meta)
 
 
 # -- onnxruntime classifier -------------------------------------------------------------------
