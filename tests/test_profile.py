@@ -118,3 +118,29 @@ def test_cli_profile(tmp_path: Path) -> None:
     assert out.read_text() == before
     bad = runner.invoke(app, ["profile", "no_such_model", "--runs", "1"])
     assert bad.exit_code == 1 and "no_such_model" in bad.output
+
+
+def test_runs_of_each_task_use_their_own_input(tmp_path: Path) -> None:
+    from pixtell.caption.vocab import Vocabulary
+    from pixtell.models import create, save_model
+
+    clf = tmp_path / "clf"
+    clf.mkdir()
+    meta = {"task": "classify", "arch": "tinyvgg_a", "num_classes": 2, "class_names": ["a", "b"]}
+    save_model(create("tinyvgg_a", num_classes=2), clf, meta | {"img_size": 40})
+    cap = tmp_path / "cap"
+    cap.mkdir()
+    Vocabulary(["a", "b"]).save(cap)
+    kw = {"embed_dim": 16, "hidden_dim": 16}
+    cap_meta = {"task": "caption", "arch": "show_tell", "num_classes": 6, "arch_kwargs": kw}
+    save_model(
+        create("show_tell", "caption", num_classes=6, **kw),
+        cap,
+        cap_meta | {"img_size": 48, "max_len": 5, "vocab": "vocab.json"},
+    )
+    rows = profile_models([clf, cap], batch_sizes=(1,), runs=2, warmup=1, memory=False)
+    assert [(r.task, r.img_size, r.error) for r in rows] == [
+        ("classify", 40, None),
+        ("caption", 48, None),
+    ]
+    assert all(r.gmacs > 0 and r.peak_mem_mb is None for r in rows)

@@ -12,6 +12,8 @@ step_time_ms, param_count, gmacs``; parameters in millions, GMACs per image) plu
   allocates and frees; the peak of their running sum over one forward pass is the memory the
   activations need on top of the weights. onnxruntime allocates in its own arena, which the
   profiler cannot see, so its rows leave the column empty.
+- Captioners are timed per caption: the encoder and a greedy decoding of ``max_len`` words
+  (a random model rarely stops early, so this is the longest caption).
 - Latency: ``warmup`` untimed runs, then ``runs`` timed ones; the median is ``step_time_ms``,
   the 90th percentile ``p90_ms``, and throughput is ``batch_size / median``.
 """
@@ -19,7 +21,9 @@ step_time_ms, param_count, gmacs``; parameters in millions, GMACs per image) plu
 from __future__ import annotations
 
 import csv
+import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -77,6 +81,7 @@ class Subject:
     net: nn.Module
     task: str
     img_size: int
+    max_len: int = 20  # captioners: words decoded per caption
 
 
 def resolve(model_or_run: str | Path, img_size: int | None = None) -> Subject:
@@ -84,7 +89,8 @@ def resolve(model_or_run: str | Path, img_size: int | None = None) -> Subject:
     path = Path(model_or_run)
     if path.exists():
         net, meta = load_model(path)
-        return Subject(str(model_or_run), net, meta["task"], img_size or int(meta["img_size"]))
+        size = img_size or int(meta["img_size"])
+        return Subject(str(model_or_run), net, meta["task"], size, int(meta.get("max_len", 20)))
     specs = [s for s in list_models() if s.name == str(model_or_run)]
     if not specs:
         known = ", ".join(sorted({s.name for s in list_models("classify")}))
@@ -109,8 +115,11 @@ def _inputs(subject: Subject, batch: int) -> Any:
 
 
 def _forward(subject: Subject) -> Callable[[Any], Any]:
-    if subject.task == "caption":  # the encoder: what every caption's decoding starts from
-        return subject.net.encode
+    if subject.task == "caption":  # a whole caption: encoder, then greedy decoding
+        from pixtell.caption.decoding import greedy
+
+        net = subject.net
+        return lambda images: greedy(net, net.encode(images), subject.max_len)
     return subject.net
 
 
@@ -143,11 +152,29 @@ def count_macs(fn: Callable[[Any], Any], inputs: Any) -> int:
     return counter.get_total_flops() // 2
 
 
+@contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Silence what the profiler's C++ side (kineto) prints on start and stop."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def peak_memory_bytes(fn: Callable[[Any], Any], inputs: Any) -> int:
     """Peak of the bytes allocated minus freed, operator by operator, over one call."""
     from torch.profiler import ProfilerActivity, profile
 
-    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with (
+        _quiet_native_stderr(),
+        torch.no_grad(),
+        profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof,
+    ):
         fn(inputs)
     current = peak = 0
     for event in sorted(prof.events(), key=lambda e: e.time_range.start):
