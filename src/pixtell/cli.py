@@ -703,7 +703,7 @@ def detect_evaluate(
     out: Annotated[
         Path | None, typer.Option(help="Output folder [default: RUN/eval]; needed with --data.")
     ] = None,
-    conf: ConfOpt = 0.25,
+    conf: ConfOpt = 0.5,
     iou: Annotated[
         float, typer.Option(min=0.01, max=1.0, help="IoU for a match in the confusion matrix.")
     ] = 0.5,
