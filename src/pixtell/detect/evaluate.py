@@ -209,10 +209,12 @@ def _page(
             continue
         b, lab, s, tp, found = outcomes[i]
         missed = ~found
-        boxes = np.concatenate([b, scored.gt_boxes[i][missed]]).reshape(-1, 4)
-        captions = [f"{class_names[k]} {v:.2f}" for k, v in zip(lab, s, strict=True)]
+        # false positives first, so that misses and true positives are drawn over them
+        order = np.argsort(tp, kind="stable")
+        boxes = np.concatenate([b[order], scored.gt_boxes[i][missed]]).reshape(-1, 4)
+        captions = [f"{class_names[lab[k]]} {s[k]:.2f}" for k in order]
         captions += [f"missed {class_names[k]}" for k in scored.gt_labels[i][missed]]
-        colors = [COLORS["tp"] if t else COLORS["fp"] for t in tp]
+        colors = [COLORS["tp"] if tp[k] else COLORS["fp"] for k in order]
         colors += [COLORS["miss"]] * int(missed.sum())
         drawn = draw_boxes(image, boxes, captions, colors, max_side=320)
         caption = f"{path.name}\nTP {int(tp.sum())}  FP {int((~tp).sum())}  missed {missed.sum()}"

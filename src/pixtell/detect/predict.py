@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from pixtell.models import load_model
 from pixtell.runs import Run
 
 PREDICTIONS_FILE = "predictions.json"
+_MIN_DRAWN = 512  # px: the longer side of a drawn prediction at least
 
 
 @dataclass
@@ -124,8 +126,22 @@ def draw_boxes(
             labels=list(captions),
             colors=list(colors),
             width=max(1, round(max(image.size) / 200)),
+            font=_font(),
+            font_size=max(10, round(max(image.size) / 22)),
         )
     return tensor.permute(1, 2, 0).numpy()
+
+
+@functools.cache
+def _font() -> str | None:
+    """A TrueType font for captions (matplotlib ships DejaVu Sans); PIL's tiny bitmap font
+    otherwise."""
+    from matplotlib import font_manager
+
+    try:
+        return font_manager.findfont("DejaVu Sans", fallback_to_default=False)
+    except ValueError:
+        return None
 
 
 def _unique_png(folder: Path, stem: str, taken: set[str]) -> Path:
@@ -211,11 +227,13 @@ def predict(
             )
         if draw:
             captions = [f"{n} {s:.2f}" for n, s in zip(d.labels, d.scores, strict=True)]
+            image = load_image(d.path, max_pixels=max_pixels)
             drawn = draw_boxes(
-                load_image(d.path, max_pixels=max_pixels),
+                image,
                 boxes,
                 captions,
                 ["#1f77b4"] * len(captions),
+                max_side=max(_MIN_DRAWN, *image.size),  # small images grow: readable labels
             )
             d.drawn = _unique_png(out_dir, d.path.stem, taken)
             Image.fromarray(drawn).save(d.drawn)
