@@ -333,6 +333,7 @@ def build_trainer(
             RunCheckpoint(
                 dirpath=run_dir / "checkpoints",
                 filename="step-{step}",
+                auto_insert_metric_name=False,
                 save_top_k=-1,
                 every_n_train_steps=cfg.save_every_n_steps,
                 enable_version_counter=False,

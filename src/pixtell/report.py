@@ -138,7 +138,12 @@ def plot_training_curves(metrics_csv: Path, out: Path) -> Path | None:
     if not Path(metrics_csv).is_file():
         return None
     s = read_metrics_csv(metrics_csv)
-    panels = [("loss", ["train_loss_epoch", "val_loss"]), ("accuracy", ["train_acc", "val_acc"])]
+    panels = [
+        ("loss", ["train_loss_epoch", "val_loss"]),
+        ("accuracy", ["train_acc", "val_acc", "val_top5"]),
+        ("mAP", ["val_map", "val_map_50", "val_map_75"]),
+        ("BLEU-4 (decoded)", ["val_bleu4"]),
+    ]
     panels = [(t, [k for k in keys if k in s]) for t, keys in panels]
     panels = [(t, keys) for t, keys in panels if keys]
     if not panels:

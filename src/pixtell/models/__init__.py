@@ -1,8 +1,11 @@
 """Model registry: one name → builder table for every task (``create``, ``list_models``)."""
 
-from pixtell.models import tinyvgg, torchvision_models  # noqa: F401  (registers builders)
-from pixtell.models import captioning  # noqa: F401
-from pixtell.models import detection  # noqa: F401
+from pixtell.models import (  # noqa: F401  (registers builders)
+    captioning,  # noqa: F401
+    detection,  # noqa: F401
+    tinyvgg,
+    torchvision_models,
+)
 from pixtell.models.io import load_model, save_model
 from pixtell.models.registry import (
     ModelSpec,
