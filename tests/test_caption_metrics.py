@@ -310,3 +310,22 @@ def test_perplexity() -> None:
     assert perplexity(10 * math.log(4.0), 10) == pytest.approx(4.0)
     with pytest.raises(ValueError):
         perplexity(1.0, 0)
+
+
+def test_blind_baseline_chooses_on_training_data_only() -> None:
+    from pixtell.metrics.caption import blind_baseline
+
+    train = {i: ["a red circle on a plain background", "a red circle"] for i in range(20)}
+    test_same = {i: ["a red circle on a plain background"] for i in range(5)}
+    test_other = {i: ["two blue squares next to a green star"] for i in range(5)}
+    assert blind_baseline(train, test_same) == pytest.approx(
+        score(test_same, dict.fromkeys(test_same, "a red circle on a plain background"))["Bleu_4"]
+    )
+    # the test references never steer the choice: a blind caption cannot match other scenes
+    assert blind_baseline(train, test_other) < 0.01
+
+
+def test_nist_of_only_empty_candidates_is_zero() -> None:
+    refs = {1: ["a red circle"], 2: ["a blue square"]}
+    out = score(refs, {1: "", 2: ""}, meteor=False, nist=True)
+    assert out["NIST_2"] == 0.0 and out["NIST_4"] == 0.0 and out["Bleu_4"] == pytest.approx(0.0)

@@ -468,17 +468,23 @@ def models_cmd(
 
 @app.command("demo")
 def demo_cmd(
+    task: Annotated[
+        Literal["all", "classify", "detect", "caption"],
+        typer.Option(help="Which task to demonstrate."),
+    ] = "all",
     out: Annotated[Path, typer.Option(help="Where the data and runs go.")] = Path("demo-runs"),
-    n_per_class: Annotated[int, typer.Option(help="Generated images per class.")] = 500,
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 15,
+    n_per_class: Annotated[
+        int, typer.Option(min=10, help="Classification: generated images per class.")
+    ] = 500,
+    epochs: Annotated[int, typer.Option(min=1, help="Classification: training epochs.")] = 15,
     seed: Annotated[int, typer.Option(help="Seed for data and training.")] = 0,
 ) -> None:
-    """Generate a shapes dataset (no download), train and evaluate a classifier on the CPU."""
+    """Generate data (no download), train and evaluate each task on the CPU, write a report."""
     from pixtell.demo import run_demo
 
     with _friendly_errors():
-        report = run_demo(out, n_per_class=n_per_class, epochs=epochs, seed=seed)
-    console.print(f"[bold green]demo finished[/]: open {report}")
+        report = run_demo(out, task=task, n_per_class=n_per_class, epochs=epochs, seed=seed)
+    console.print(f"[bold green]demo finished[/]: open {escape(str(report))}")
 
 
 # -- caption ---------------------------------------------------------------------------------

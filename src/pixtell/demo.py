@@ -1,33 +1,69 @@
-"""``pixtell demo``: generated data → train → evaluate → report, with no download."""
+"""``pixtell demo``: generated data → train → evaluate → one report, for each task, no download."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
-from pixtell import classify
-from pixtell.data.demo import make_classification_folder
+from pixtell.report import Section, write_report
 
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)
+TASKS = ("classify", "detect", "caption")
+
+# Figures and settings measured on a 2-core CPU (see README): each part trains for at most
+# about four minutes there.
+CAPTION_SCENES = 3000
+CAPTION_TRAIN: dict[str, Any] = {"epochs": 12, "batch_size": 32}
+DETECT_SCENES = 4000
+DETECT_TRAIN: dict[str, Any] = {
+    "model": "tiny_fcos",
+    "img_size": 128,
+    "epochs": 5,
+    "batch_size": 16,
+}
 
 
-def run_demo(
-    out: str | Path = "demo-runs",
-    *,
-    n_per_class: int = 200,
-    epochs: int = 12,
-    seed: int = 0,
-    progress: bool = True,
-) -> Path:
-    """Run the demo into ``out``; returns the path of the classification report."""
-    out = Path(out)
-    data = out / "data" / f"shapes-{seed}-{n_per_class}"
+@dataclass
+class DemoPart:
+    """What one task's part of the demo shows."""
+
+    task: str
+    metrics: dict[str, Any]
+    report: Path
+    images: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+    notes: str = ""
+
+
+def _data(out: Path, name: str, make: Callable[[Path], Path], progress: bool) -> Path:
+    data = out / "data" / name
     if not data.is_dir():
-        console.print(f"generating {n_per_class} images per class into {data}")
-        make_classification_folder(
-            data, n_per_class=n_per_class, img_size=64, seed=seed, progress=progress
-        )
+        console.print(f"generating {data}")
+        make(data)
+    return data
+
+
+def classify_part(
+    out: Path, *, n_per_class: int = 500, epochs: int = 15, seed: int = 0, progress: bool = True
+) -> DemoPart:
+    """Six shapes, TinyVGG-A at 32 px."""
+    from pixtell import classify
+    from pixtell.data.demo import make_classification_folder
+
+    data = _data(
+        out,
+        f"shapes-{seed}-{n_per_class}",
+        lambda d: make_classification_folder(
+            d, n_per_class=n_per_class, img_size=64, seed=seed, progress=progress
+        ),
+        progress,
+    )
+    start = time.perf_counter()
     run = classify.train(
         data,
         model="tinyvgg_a",
@@ -40,6 +76,148 @@ def run_demo(
         logger=["none"],
         progress=progress,
     )
-    result = classify.evaluate(run)
-    console.print(f"classification test accuracy: {result.metrics['accuracy']:.3f}")
-    return result.report
+    seconds = time.perf_counter() - start
+    res = classify.evaluate(run)
+    m = res.metrics
+    console.print(f"classification test accuracy: {m['accuracy']:.3f}")
+    return DemoPart(
+        "classify",
+        {"test accuracy": m["accuracy"], "macro F1": m["macro_f1"], "test images": m["n"]},
+        res.report,
+        [res.dir / "confusion_matrix.png"],
+        seconds,
+    )
+
+
+def detect_part(out: Path, *, seed: int = 0, progress: bool = True, **train: Any) -> DemoPart:
+    """Scenes of one to four shapes with exact boxes; a tiny FCOS from scratch."""
+    from pixtell import detect
+    from pixtell.data.demo import make_detection_scenes
+
+    n = train.pop("n_images", DETECT_SCENES)
+    data = _data(
+        out,
+        f"scenes-detect-{seed}-{n}",
+        lambda d: make_detection_scenes(d, n_images=n, img_size=128, seed=seed, progress=progress),
+        progress,
+    )
+    start = time.perf_counter()
+    run = detect.train(
+        data,
+        **{**DETECT_TRAIN, **train},
+        seed=seed,
+        out=out / "runs",
+        name="scenes",
+        logger=["none"],
+        progress=progress,
+    )
+    seconds = time.perf_counter() - start
+    res = detect.evaluate(run)
+    m = res.metrics
+    console.print(f"detection test mAP@50 {m['map_50']:.3f}, mAP@[.5:.95] {m['map']:.3f}")
+    return DemoPart(
+        "detect",
+        {"test mAP@50": m["map_50"], "test mAP@[.5:.95]": m["map"], "test mAP@75": m["map_75"]},
+        res.report,
+        [res.dir / "preds.png"],
+        seconds,
+    )
+
+
+def caption_part(out: Path, *, seed: int = 0, progress: bool = True, **train: Any) -> DemoPart:
+    """Scenes of one to three shapes with five captions each; a small CNN + attention LSTM."""
+    from pixtell import caption
+    from pixtell.data.demo import make_caption_scenes
+    from pixtell.metrics.caption import blind_baseline
+
+    n = train.pop("n_images", CAPTION_SCENES)
+    data = _data(
+        out,
+        f"scenes-caption-{seed}-{n}",
+        lambda d: make_caption_scenes(d, n_images=n, seed=seed, progress=progress),
+        progress,
+    )
+    start = time.perf_counter()
+    run = caption.train(
+        data,
+        **{**CAPTION_TRAIN, **train},
+        seed=seed,
+        out=out / "runs",
+        name="scenes",
+        logger=["none"],
+        progress=progress,
+    )
+    seconds = time.perf_counter() - start
+    res = caption.evaluate(run, beam_size=3)
+    m = res.metrics
+    blind = blind_baseline(_references(run, "train"), _references(run, "test"))
+    test_images = [Path(p) for p in _test_paths(run)[:3]]
+    preds = caption.predict(run, test_images, beam_size=3, attention=True)
+    console.print(f"captioning test BLEU-4 {m['Bleu_4']:.3f} (blind baseline {blind:.3f})")
+    samples = "; ".join(f"{p.path.name}: “{p.caption}”" for p in preds if not p.error)
+    return DemoPart(
+        "caption",
+        {
+            "test BLEU-4 (beam 3)": m["Bleu_4"],
+            "test CIDEr": m["CIDEr"],
+            "blind baseline BLEU-4": blind,
+        },
+        res.report,
+        [p.attention for p in preds if p.attention],
+        seconds,
+        notes=f"Sample captions: {samples}",
+    )
+
+
+def _references(run: Any, split: str) -> dict[str, list[str]]:
+    from pixtell.caption.data import load_captions, read_split
+
+    ds = load_captions(run.config["data"], check_images=False, progress=False)
+    splits = read_split(run.dir / "split.json", ds)
+    return {ds.images[i].image_id: ds.images[i].captions for i in splits[split]}
+
+
+def _test_paths(run: Any) -> list[Path]:
+    from pixtell.caption.data import load_captions, read_split
+
+    ds = load_captions(run.config["data"], check_images=False, progress=False)
+    return [ds.images[i].path for i in read_split(run.dir / "split.json", ds)["test"]]
+
+
+def run_demo(
+    out: str | Path = "demo-runs",
+    *,
+    task: str = "all",
+    n_per_class: int = 500,
+    epochs: int = 15,
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Run the demo of one task (or ``all``) into ``out``; returns the demo report's path."""
+    if task not in (*TASKS, "all"):
+        raise ValueError(f"unknown --task {task!r}: use one of {', '.join(TASKS)} or all")
+    out = Path(out)
+    parts: list[DemoPart] = []
+    for name in TASKS if task == "all" else (task,):
+        if name == "classify":
+            parts.append(
+                classify_part(
+                    out, n_per_class=n_per_class, epochs=epochs, seed=seed, progress=progress
+                )
+            )
+        elif name == "detect":
+            parts.append(detect_part(out, seed=seed, progress=progress))
+        else:
+            parts.append(caption_part(out, seed=seed, progress=progress))
+    sections = [
+        Section(
+            f"{p.task}: {p.seconds / 60:.1f} min of training",
+            table=p.metrics,
+            images=p.images,
+            links=[p.report],
+            text=p.notes,
+        )
+        for p in parts
+    ]
+    report = write_report(out / "report.html", "pixtell demo", sections)
+    return report
