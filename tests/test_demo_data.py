@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import random
 import re
@@ -13,6 +14,7 @@ import pytest
 from PIL import Image
 
 from pixtell.data.demo import (
+    BACKGROUND_WORDS,
     BACKGROUNDS,
     COLORS,
     SHAPE_WORDS,
@@ -20,7 +22,9 @@ from pixtell.data.demo import (
     SIZES,
     DemoObject,
     DemoScene,
+    make_caption_scenes,
     make_classification_folder,
+    make_relation_captions,
     meta_path,
     render_background,
     render_scene,
@@ -285,3 +289,129 @@ def test_demo_object_is_frozen() -> None:
     obj = DemoObject("circle", "red", "small", (0.0, 0.0, 1.0, 1.0))
     with pytest.raises(AttributeError):
         obj.shape = "star"  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------------------- relation captions
+
+_REL = r"to the left of|to the right of|left of|right of|above|below|over|under|next to"
+_OBJ = rf"an? (?:(?:{'|'.join(SIZES)}) )?(?:{'|'.join(COLORS)}) (?:{'|'.join(SHAPES)})"
+
+
+def _parse(caption: str) -> tuple[list[str], list[str]]:
+    """(object phrases, relation phrases) of a relation caption, its lead-in dropped."""
+    body = re.sub(r"^(?:there (?:is|are \w+ shapes:)|a picture of) ", "", caption)
+    body = re.sub(r"^one ", "a ", body)
+    match = re.fullmatch(rf"({_OBJ})((?: (?:{_REL}) {_OBJ})*)", body)
+    assert match, caption
+    rels = re.findall(rf" ({_REL}) (?={_OBJ})", match.group(2))
+    objs = re.findall(_OBJ, body)
+    return objs, rels
+
+
+def _holds(word: str, a: DemoObject, b: DemoObject) -> bool:
+    """Whether "a <word> b" is true of the box centres (y grows downwards)."""
+    dx = (b.box[0] + b.box[2] - a.box[0] - a.box[2]) / 2
+    dy = (b.box[1] + b.box[3] - a.box[1] - a.box[3]) / 2
+    horizontal = abs(dx) >= abs(dy)
+    return {
+        "left of": horizontal and dx >= 0,
+        "to the left of": horizontal and dx >= 0,
+        "right of": horizontal and dx <= 0,
+        "to the right of": horizontal and dx <= 0,
+        "next to": horizontal,
+        "above": not horizontal and dy > 0,
+        "over": not horizontal and dy > 0,
+        "below": not horizontal and dy < 0,
+        "under": not horizontal and dy < 0,
+    }[word]
+
+
+def _obj(color: str, shape: str, size: str, cx: float, cy: float) -> DemoObject:
+    return DemoObject(shape, color, size, (cx - 4, cy - 4, cx + 4, cy + 4))
+
+
+def test_relation_captions_by_hand() -> None:
+    circle = _obj("red", "circle", "small", 10, 30)
+    square = _obj("blue", "square", "large", 50, 35)
+    star = _obj("orange", "star", "medium", 55, 5)
+    expected = [
+        "a small red circle left of a large blue square",
+        "a small red circle to the left of a large blue square",
+        "there are two shapes: a small red circle left of a large blue square",
+        "a large blue square right of a small red circle",
+        "a red circle next to a blue square",
+    ]
+    assert make_relation_captions([square, circle]) == expected
+    assert make_relation_captions([circle, square]) == expected  # named left to right
+    # The star is right of the square but much higher: the vertical offset decides.
+    assert make_relation_captions([star, circle, square]) == [
+        "a small red circle left of a large blue square below a medium orange star",
+        "a small red circle to the left of a large blue square under a medium orange star",
+        "there are three shapes: a small red circle left of a large blue square below "
+        "a medium orange star",
+        "a medium orange star above a large blue square right of a small red circle",
+        "a red circle next to a blue square below an orange star",
+    ]
+    assert make_relation_captions([star]) == [
+        "a medium orange star",
+        "one medium orange star",
+        "there is a medium orange star",
+        "a picture of a medium orange star",
+        "an orange star",
+    ]
+    with pytest.raises(ValueError):
+        make_relation_captions([])
+
+
+@pytest.mark.parametrize("n_objects", [1, 2, 3])
+def test_relation_captions_agree_with_the_boxes(n_objects: int) -> None:
+    for seed in range(40):
+        scene = _scene(seed, n_objects=n_objects)
+        captions = make_relation_captions(scene.objects)
+        assert captions == make_relation_captions(list(reversed(scene.objects)))
+        assert len(captions) == 5 and len(set(captions)) == 5
+        by_colour = {o.color: o for o in scene.objects}  # colours differ within a scene
+        xs = [(o.box[0] + o.box[2]) / 2 for o in scene.objects]
+        for k, cap in enumerate(captions):
+            assert cap == cap.lower() and cap.strip() == cap
+            phrases, rels = _parse(cap)
+            assert len(phrases) == n_objects and len(rels) == n_objects - 1
+            named = [by_colour[p.split()[-2]] for p in phrases]
+            assert sorted(map(id, named)) == sorted(map(id, scene.objects))
+            for p, o in zip(phrases, named, strict=True):
+                assert p.endswith(f"{o.color} {o.shape}")
+                assert k == 4 or p.split()[1] == o.size  # only the last omits sizes
+            for word, a, b in zip(rels, named, named[1:], strict=False):
+                assert _holds(word, a, b), (cap, a, b)
+            centres = [(o.box[0] + o.box[2]) / 2 for o in named]
+            order = centres if k != 3 else centres[::-1]  # the fourth names right to left
+            assert order == sorted(xs)
+
+
+def test_relation_captions_have_a_small_fixed_vocabulary() -> None:
+    words = {w for s in range(100) for c in make_relation_captions(_scene(s, n_objects=3).objects)
+             for w in c.replace(":", "").split()}  # fmt: skip
+    allowed = {*SIZES, *COLORS, *SHAPES, "a", "an", "one", "two", "three", "there", "is", "are",
+               "shapes", "picture", "of", "to", "the", "left", "right", "above", "below", "over",
+               "under", "next"}  # fmt: skip
+    assert words <= allowed
+    assert not words & {w for ws in BACKGROUND_WORDS.values() for w in ws}
+
+
+def test_caption_scenes_style(tmp_path: Path) -> None:
+    kw = {"n_images": 8, "img_size": 32, "seed": 4, "progress": False}
+    rel = make_caption_scenes(tmp_path / "rel", **kw)  # type: ignore[arg-type]
+    old = make_caption_scenes(tmp_path / "old", style="varied", **kw)  # type: ignore[arg-type]
+    assert _files(rel) == _files(old)  # the style changes the captions only
+    rows = {
+        d: list(csv.reader((d / "captions.txt").open(encoding="utf-8")))[1:] for d in (rel, old)
+    }
+    for i in range(8):
+        rng = np.random.default_rng([4, i])
+        scene = render_scene(rng, img_size=32, n_objects=int(rng.integers(1, 4)))
+        name = f"scene_{i:05d}.png"
+        assert [c for f, c in rows[old] if f == name] == scene.captions
+        assert [c for f, c in rows[rel] if f == name] == make_relation_captions(scene.objects)
+    with pytest.raises(ValueError, match="caption style"):
+        make_caption_scenes(tmp_path / "x", style="poetic", **kw)  # type: ignore[arg-type]
+    assert not (tmp_path / "x").exists()

@@ -363,6 +363,76 @@ def make_captions(
     ]
 
 
+# Relation words: (short, long) for "a is <rel> b"; the inverse names b first.
+_RELATION_WORDS: dict[str, tuple[str, str]] = {
+    "left": ("left of", "to the left of"),
+    "right": ("right of", "to the right of"),
+    "above": ("above", "over"),
+    "below": ("below", "under"),
+}
+_INVERSE = {"left": "right", "right": "left", "above": "below", "below": "above"}
+CAPTION_STYLES: tuple[str, ...] = ("relations", "varied")
+
+
+def _centre(box: tuple[float, float, float, float]) -> tuple[float, float]:
+    return (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+
+
+def left_to_right(objects: list[DemoObject]) -> list[DemoObject]:
+    """The objects ordered by box centre x (ties: top first, then drawing order)."""
+    order = sorted(range(len(objects)), key=lambda k: (*_centre(objects[k].box), k))
+    return [objects[k] for k in order]
+
+
+def relation(a: DemoObject, b: DemoObject) -> str:
+    """Where ``a`` lies relative to ``b``: 'left', 'right', 'above' or 'below'.
+
+    The larger of the horizontal and vertical centre offsets decides (image y grows down).
+    """
+    (ax, ay), (bx, by) = _centre(a.box), _centre(b.box)
+    dx, dy = bx - ax, by - ay
+    if abs(dx) >= abs(dy):
+        return "left" if dx >= 0 else "right"
+    return "above" if dy > 0 else "below"
+
+
+def make_relation_captions(objects: list[DemoObject]) -> list[str]:
+    """Five distinct lower-case captions naming the objects left to right with spatial relations.
+
+    The first is canonical, e.g. "a small red circle left of a large blue square above a
+    medium green star": each object's size, colour and shape, consecutive objects joined by
+    where the earlier lies relative to the later (``relation``). The others vary it as people
+    do, with no random words: longer relation phrases ("to the left of", "over"), a count
+    ("there are two shapes: ..."), the reverse order with inverse relations ("right of",
+    "below"), and sizes omitted with "next to" for side-by-side pairs. Deterministic.
+    """
+    if not objects:
+        raise ValueError("a scene has at least one object")
+    objs = left_to_right(objects)
+    rels = [relation(a, b) for a, b in zip(objs, objs[1:], strict=False)]
+    full = [_an(f"{o.size} {o.color} {o.shape}") for o in objs]
+    bare = [_an(f"{o.color} {o.shape}") for o in objs]
+
+    def chain(names: list[str], words: list[str]) -> str:
+        parts = [names[0]]
+        for word, name in zip(words, names[1:], strict=True):
+            parts += [word, name]
+        return " ".join(parts)
+
+    short = [_RELATION_WORDS[r][0] for r in rels]
+    canonical = chain(full, short)
+    n = len(objs)
+    if n == 1:
+        o = objs[0]
+        return [canonical, f"one {o.size} {o.color} {o.shape}", f"there is {canonical}",
+                f"a picture of {canonical}", bare[0]]  # fmt: skip
+    count = f"there are {_NUMBERS[n] if n < 10 else n} shapes: {canonical}"
+    long = chain(full, [_RELATION_WORDS[r][1] for r in rels])
+    reverse = chain(full[::-1], [_RELATION_WORDS[_INVERSE[r]][0] for r in rels[::-1]])
+    beside = ["next to" if r in ("left", "right") else _RELATION_WORDS[r][0] for r in rels]
+    return [canonical, long, count, reverse, chain(bare, beside)]
+
+
 # ---------------------------------------------------------------------------- scenes
 
 
@@ -472,12 +542,16 @@ def make_caption_scenes(
     seed: int = 0,
     max_objects: int = 3,
     progress: bool = True,
+    style: str = "relations",
 ) -> Path:
     """Write captioned scenes in the Flickr8k Kaggle layout: ``out/Images/scene_<i:05d>.png``
-    and ``out/captions.txt`` (CSV, header ``image,caption``, the scene's five captions each).
+    and ``out/captions.txt`` (CSV, header ``image,caption``, five captions per scene).
 
-    Scene ``i`` has 1..``max_objects`` shapes and depends only on ``(seed, i)``. Refuses a
-    non-empty ``out``; ``out`` appears only when complete.
+    ``style`` "relations" (``make_relation_captions``: objects left to right joined by
+    spatial relations) or "varied" (``make_captions``: five templates with synonyms and
+    background words). Scene ``i`` has 1..``max_objects`` shapes and its image depends only
+    on ``(seed, i)``, whatever the style. Refuses a non-empty ``out``; ``out`` appears only
+    when complete.
     """
     import csv
 
@@ -485,6 +559,8 @@ def make_caption_scenes(
 
     if max_objects < 1 or n_images < 1:
         raise ValueError("n_images and max_objects must be at least 1")
+    if style not in CAPTION_STYLES:
+        raise ValueError(f"unknown caption style {style!r}: use one of {', '.join(CAPTION_STYLES)}")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} exists and is not empty: choose a new folder")
@@ -502,7 +578,12 @@ def make_caption_scenes(
                 scene = render_scene(rng, img_size=img_size, n_objects=n_objects)
                 name = f"scene_{i:05d}.png"
                 scene.image.save(work / "Images" / name, format="PNG", compress_level=3)
-                writer.writerows([name, caption] for caption in scene.captions)
+                captions = (
+                    make_relation_captions(scene.objects)
+                    if style == "relations"
+                    else scene.captions
+                )
+                writer.writerows([name, caption] for caption in captions)
         if out.exists():
             out.rmdir()
         work.rename(out)
