@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import inspect
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ import sys
 import time
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -49,7 +50,7 @@ from pixtell.config import (
     read_settings_file,
     save_config,
 )
-from pixtell.models import save_model
+from pixtell.models import get_spec, save_model
 from pixtell.report import plot_training_curves
 from pixtell.runs import CONFIG_FILE, RESULTS_FILE, Run, new_run_dir
 
@@ -137,6 +138,24 @@ class Recipe(ABC):
 
     def run_name(self, cfg: Any) -> str:
         return cfg.name or cfg.model
+
+    def wants_pretrained(self, cfg: Any) -> bool:
+        """``--pretrained`` as given, else whether the model has weights to load."""
+        spec = get_spec(cfg.model, self.task)
+        return spec.has_pretrained if cfg.pretrained is None else cfg.pretrained
+
+    def starts_trained(self, cfg: Any) -> bool:
+        """The model starts from pretrained weights or a ``--weights`` file."""
+        return bool(cfg.weights) or self.wants_pretrained(cfg)
+
+    @staticmethod
+    def shared_hparams(
+        module_cls: type[L.LightningModule], cfg: Any, exclude: Iterable[str] = ()
+    ) -> dict[str, Any]:
+        """Every hyper-parameter of ``module_cls`` that is also a setting, from the config."""
+        params = inspect.signature(module_cls.__init__).parameters.keys()
+        names = (params & type(cfg).model_fields.keys()) - set(exclude)
+        return {k: getattr(cfg, k) for k in names}
 
     def stage_boundary(self, cfg: Any) -> int:
         """First epoch of the last training stage (early stopping waits until then)."""
@@ -375,6 +394,7 @@ def build_trainer(
 # -- the run flow ----------------------------------------------------------------------------
 def train(
     recipe: Recipe,
+    data: str | Path | None = None,
     *,
     config_file: str | Path | None = None,
     resume: str | Path | Run | None = None,
@@ -383,11 +403,14 @@ def train(
 ) -> Run:
     """Train a new run, resume one (``resume``), or join one as a DDP worker process.
 
-    Settings: defaults < ``config_file`` < ``overrides``. Every user mistake is raised as a
-    one-line ``ValueError`` / ``FileNotFoundError`` before anything in a run is written.
+    ``data`` is the task's DATA argument. Settings: defaults < ``config_file`` <
+    ``overrides``. Every user mistake is raised as a one-line ``ValueError`` /
+    ``FileNotFoundError`` before anything in a run is written.
     """
     joined = os.environ.get(RUN_DIR_ENV)
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    if data is not None:
+        overrides["data"] = data
     ckpt: Path | None = None
     if resume is not None or joined:
         run_dir = Run.load(resume or joined).dir
@@ -411,21 +434,23 @@ def train(
                 )
             done = _checkpoint_progress(ckpt)
             _check_can_continue(run_dir, recipe, cfg, done)
-        data = recipe.load_data(run_dir, cfg)
+        prepared = recipe.load_data(run_dir, cfg)
     else:
         cfg = load_config(recipe.config_cls, config_file, **overrides)
-        data = recipe.prepare(cfg)
+        prepared = recipe.prepare(cfg)
         run_dir = None
     quiet_lightning(getattr(cfg, "verbose", False))
     check_loggers(cfg.logger)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = recipe.build_module(cfg, data)  # before the run directory: offline weights fail first
+    module = recipe.build_module(
+        cfg, prepared
+    )  # before the run directory: offline weights fail first
     if run_dir is None:
         wanted = recipe.run_name(cfg)
         run_dir = new_run_dir(cfg.out, recipe.task, wanted)
         if run_dir.name != wanted:
             console.print(f"{run_dir.parent / wanted} exists; this run is {run_dir}")
-        recipe.save_data(run_dir, data)
+        recipe.save_data(run_dir, prepared)
         save_config(cfg, run_dir / CONFIG_FILE)
     elif resume is not None and not joined:
         trimmed = trim_metrics(run_dir / "metrics.csv", done.epochs_done, done.global_step)
@@ -439,8 +464,8 @@ def train(
             + (f"; dropped {trimmed} metrics rows of the interrupted epoch" if trimmed else "")
         )
     if not joined:
-        recipe.describe(cfg, data)
-    dm = recipe.build_datamodule(cfg, data)
+        recipe.describe(cfg, prepared)
+    dm = recipe.build_datamodule(cfg, prepared)
     if ckpt is not None and hasattr(dm, "start_epoch"):
         # Lightning makes the first epoch's iterator before it calls set_epoch
         dm.start_epoch = done.epochs_done
@@ -449,7 +474,7 @@ def train(
         run_dir,
         recipe,
         extra_callbacks=callbacks,
-        steps_per_epoch=recipe.steps_per_epoch(cfg, data),
+        steps_per_epoch=recipe.steps_per_epoch(cfg, prepared),
     )
     share_cpus(getattr(dm, "num_workers", 0))
     if trainer.world_size > 1 and not joined:
@@ -459,7 +484,7 @@ def train(
         interrupted = _fit(trainer, module, dm, ckpt)
     if not trainer.is_global_zero:
         return Run(run_dir)
-    run = finish(recipe, run_dir, trainer, module, cfg, data, time.time() - started)
+    run = finish(recipe, run_dir, trainer, module, cfg, prepared, time.time() - started)
     if interrupted:
         command = f"pixtell {recipe.task} train --resume {shlex.quote(str(run_dir))}"
         raise TrainingInterrupted(run, command)

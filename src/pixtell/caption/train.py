@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from PIL import Image
@@ -256,26 +255,11 @@ class CaptionRecipe(engine.Recipe):
         return "encoder frozen" if epoch < after else "encoder fine-tuned"
 
 
-def train(
-    data: str | Path | None = None,
-    *,
-    config_file: str | Path | None = None,
-    resume: str | Path | Run | None = None,
-    callbacks: list[L.Callback] | None = None,
-    **overrides: Any,
-) -> Run:
+def train(data: str | Path | None = None, **options: Any) -> Run:
     """Train a captioner on DATA (Flickr8k, COCO, Karpathy or demo); returns the ``Run``.
 
     Settings: defaults < ``config_file`` < ``overrides`` (see ``CaptionTrainConfig``).
     ``resume`` continues a run from its ``last.ckpt``: only ``epochs``, ``patience`` and how
     it runs may change. The run holds ``vocab.json``, which ``model.json`` names.
     """
-    if data is not None:
-        overrides["data"] = data
-    return engine.train(
-        CaptionRecipe(),
-        config_file=config_file,
-        resume=resume,
-        callbacks=callbacks,
-        **overrides,
-    )
+    return engine.train(CaptionRecipe(), data, **options)

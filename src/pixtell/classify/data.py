@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pixtell.data.folders import Sample
 from pixtell.data.images import DEFAULT_MAX_PIXELS, load_image
-from pixtell.data.sampling import EpochSampler, SeededDataset
+from pixtell.data.sampling import seeded_loader
 
 
 class ImageListDataset(Dataset):
@@ -89,15 +89,13 @@ class ClassifyDataModule(L.LightningDataModule):
             w = class_weights(self.splits[split], self.num_classes)
             weights = [w[s.label] for s in self.splits[split]]
         # order and augmentations from (seed, epoch, position): exact on resume, any workers
-        sampler = EpochSampler(len(ds), self.seed, weights=weights)
-        sampler.set_epoch(self.start_epoch)
-        return DataLoader(
-            SeededDataset(ds),
+        return seeded_loader(
+            ds,
+            seed=self.seed,
             batch_size=self.batch_size,
-            sampler=sampler,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            drop_last=len(ds) > self.batch_size,
+            start_epoch=self.start_epoch,
+            weights=weights,
         )
 
     def train_dataloader(self) -> DataLoader:

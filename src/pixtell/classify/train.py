@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import inspect
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 from rich.console import Console
 
 from pixtell import engine
@@ -101,36 +99,24 @@ class ClassifyRecipe(engine.Recipe):
                 f"{spec.input_size}; pretrained features lose most of their value (consider "
                 "tinyvgg_* for small images)"
             )
-        if cfg.freeze_backbone and not self._pretrained(cfg):
+        if cfg.freeze_backbone and not self.starts_trained(cfg):
             console.print(
                 "[yellow]warning[/]: --freeze-backbone without pretrained weights trains the "
                 "head on random features; add --pretrained or --weights PATH"
             )
 
     # -- model -----------------------------------------------------------------------------
-    @staticmethod
-    def _pretrained(cfg: ClassifyTrainConfig) -> bool:
-        if cfg.weights:
-            return True
-        spec = get_spec(cfg.model, "classify")
-        return spec.has_pretrained if cfg.pretrained is None else cfg.pretrained
-
     def build_module(self, cfg: ClassifyTrainConfig, data: ImageFolderScan) -> ClassifierModule:
-        spec = get_spec(cfg.model, "classify")
-        pretrained = spec.has_pretrained if cfg.pretrained is None else cfg.pretrained
         weights = (
             class_weights(data.splits["train"], len(data.classes))
             if cfg.balance == "weights"
             else None
         )
-        # every module hyper-parameter that is also a setting comes straight from the config
-        params = inspect.signature(ClassifierModule.__init__).parameters.keys()
-        names = params & type(cfg).model_fields.keys()
-        hparams = {k: getattr(cfg, k) for k in names - {"pretrained", "weights"}}
+        hparams = self.shared_hparams(ClassifierModule, cfg, exclude={"pretrained", "weights"})
         return ClassifierModule(
             cfg.model,
             len(data.classes),
-            pretrained=pretrained,
+            pretrained=self.wants_pretrained(cfg),
             weights=str(cfg.weights) if cfg.weights else None,
             class_weights=weights,
             **hparams,
@@ -214,14 +200,7 @@ class ClassifyRecipe(engine.Recipe):
         return {"epochs": epochs}
 
 
-def train(
-    data: str | Path | None = None,
-    *,
-    config_file: str | Path | None = None,
-    resume: str | Path | Run | None = None,
-    callbacks: list[L.Callback] | None = None,
-    **overrides: Any,
-) -> Run:
+def train(data: str | Path | None = None, **options: Any) -> Run:
     """Train a classifier on ``DATA/<class>/<image>``; returns the finished ``Run``.
 
     Settings: defaults < ``config_file`` < ``overrides`` (see ``ClassifyTrainConfig``).
@@ -229,12 +208,4 @@ def train(
     it runs (devices, workers, loggers, progress) may change. ``callbacks`` are extra
     Lightning callbacks (e.g. for notebooks and tests).
     """
-    if data is not None:
-        overrides["data"] = data
-    return engine.train(
-        ClassifyRecipe(),
-        config_file=config_file,
-        resume=resume,
-        callbacks=callbacks,
-        **overrides,
-    )
+    return engine.train(ClassifyRecipe(), data, **options)

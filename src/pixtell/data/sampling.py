@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 def derive_seed(*parts: int) -> int:
@@ -83,3 +83,31 @@ class SeededDataset(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return self.base[i]
+
+
+def seeded_loader(
+    dataset: Dataset,
+    *,
+    seed: int,
+    batch_size: int,
+    num_workers: int,
+    start_epoch: int = 0,
+    weights: Sequence[float] | None = None,
+    collate_fn: Any = None,
+) -> DataLoader:
+    """The training DataLoader of every task: :class:`EpochSampler` order, per-sample seeds.
+
+    ``start_epoch`` is the epoch a resumed run starts at: Lightning builds the first
+    iterator before it calls ``set_epoch``.
+    """
+    sampler = EpochSampler(len(dataset), seed, weights=weights)  # type: ignore[arg-type]
+    sampler.set_epoch(start_epoch)
+    return DataLoader(
+        SeededDataset(dataset),
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        drop_last=len(dataset) > batch_size,  # type: ignore[arg-type]
+        collate_fn=collate_fn,
+    )

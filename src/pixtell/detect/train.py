@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from pixtell import engine
 from pixtell.config import DetectTrainConfig
-from pixtell.data.sampling import EpochSampler, SeededDataset
+from pixtell.data.sampling import seeded_loader
 from pixtell.detect.data import (
     DetDataset,
     DetectionDataset,
@@ -103,15 +102,12 @@ class DetectDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         ds = DetectionDataset(self.data.images("train"), self.train_tf)
         # order and flips from (seed, epoch, position): exact on resume, any number of workers
-        sampler = EpochSampler(len(ds), self.seed)
-        sampler.set_epoch(self.start_epoch)
-        return DataLoader(
-            SeededDataset(ds),
+        return seeded_loader(
+            ds,
+            seed=self.seed,
             batch_size=self.batch_size,
-            sampler=sampler,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            drop_last=len(ds) > self.batch_size,
+            start_epoch=self.start_epoch,
             collate_fn=collate,
         )
 
@@ -187,32 +183,20 @@ class DetectRecipe(engine.Recipe):
                 f"[yellow]warning[/]: no validation boxes for {', '.join(missing)} "
                 "(these classes do not count in val_map)"
             )
-        if cfg.train_mode != "full" and not self._pretrained(cfg):
+        if cfg.train_mode != "full" and not self.starts_trained(cfg):
             console.print(
                 f"[yellow]warning[/]: --train-mode {cfg.train_mode} without pretrained weights "
                 "freezes or slows a random backbone; add --pretrained or --weights PATH"
             )
 
     # -- model -----------------------------------------------------------------------------
-    @staticmethod
-    def _pretrained(cfg: DetectTrainConfig) -> bool:
-        if cfg.weights:
-            return True
-        spec = get_spec(cfg.model, "detect")
-        return spec.has_pretrained if cfg.pretrained is None else cfg.pretrained
-
     def build_module(self, cfg: DetectTrainConfig, data: DetectData) -> DetectionModule:
-        spec = get_spec(cfg.model, "detect")
-        pretrained = spec.has_pretrained if cfg.pretrained is None else cfg.pretrained
-        # every module hyper-parameter that is also a setting comes straight from the config
-        params = inspect.signature(DetectionModule.__init__).parameters.keys()
-        names = params & type(cfg).model_fields.keys()
-        hparams = {k: getattr(cfg, k) for k in names - {"pretrained", "weights"}}
+        hparams = self.shared_hparams(DetectionModule, cfg, exclude={"pretrained", "weights"})
         return DetectionModule(
             cfg.model,
             len(data.ds.class_names),
             class_names=data.ds.class_names,
-            pretrained=pretrained and not cfg.weights,
+            pretrained=self.wants_pretrained(cfg) and not cfg.weights,
             weights=str(cfg.weights) if cfg.weights else None,
             arch_kwargs=arch_kwargs(cfg.model, cfg.img_size),
             **hparams,
@@ -245,14 +229,7 @@ class DetectRecipe(engine.Recipe):
         return max(1, len(data.splits["train"]) // cfg.batch_size)
 
 
-def train(
-    data: str | Path | None = None,
-    *,
-    config_file: str | Path | None = None,
-    resume: str | Path | Run | None = None,
-    callbacks: list[L.Callback] | None = None,
-    **overrides: Any,
-) -> Run:
+def train(data: str | Path | None = None, **options: Any) -> Run:
     """Train a detector on a VOC / COCO / YOLO dataset; returns the finished ``Run``.
 
     Settings: defaults < ``config_file`` < ``overrides`` (see ``DetectTrainConfig``).
@@ -260,12 +237,4 @@ def train(
     it runs (devices, workers, loggers, progress) may change. The best checkpoint is the one
     with the highest validation mAP (``--monitor``).
     """
-    if data is not None:
-        overrides["data"] = data
-    return engine.train(
-        DetectRecipe(),
-        config_file=config_file,
-        resume=resume,
-        callbacks=callbacks,
-        **overrides,
-    )
+    return engine.train(DetectRecipe(), data, **options)
