@@ -86,43 +86,34 @@ def export_module(
     """Export ``module(*inputs)`` to ``path``, add ``metadata`` and run ``onnx.checker``.
 
     ``dynamo=True`` uses torch's ``torch.export``-based exporter (its default since 2.9),
-    ``False`` the TorchScript one, which torchvision's detectors still need; by default the
-    first for opset 18 and later, the second for older opsets, which the new exporter
-    cannot convert to. With
-    ``dynamic_batch`` the first axis of every input and output is symbolic. The file is
-    written next to ``path`` first and renamed, so a failed export leaves nothing behind.
+    ``False`` the TorchScript one, which torchvision's detectors still need. By default the
+    first is tried for opset 18 and later (older opsets it cannot convert to), and the
+    second when it fails or for older opsets. With ``dynamic_batch`` the first axis of every
+    input and output is symbolic. The file is written next to ``path`` first and renamed,
+    so a failed export leaves nothing behind.
     """
     import onnx
 
     module = module.eval()
-    if dynamo is None:
-        dynamo = opset >= 18
     tmp = path.with_name(f".{path.name}.tmp")
-    kwargs: dict[str, Any] = dict(
-        input_names=list(input_names), output_names=list(output_names), opset_version=opset
-    )
-    if dynamic_batch and dynamo:
-        batch = torch.export.Dim("batch", min=1, max=4096)
-        kwargs["dynamic_shapes"] = _batch_shapes(module, len(inputs), {0: batch})
-    elif dynamic_batch:
-        kwargs["dynamic_axes"] = {n: {0: "batch"} for n in [*input_names, *output_names]}
-    if dynamic_axes:  # the TorchScript exporter's own form (other axes than the batch)
-        kwargs["dynamic_axes"] = kwargs.get("dynamic_axes", {}) | dynamic_axes
-    # the exporters print progress and deprecation notes that mean nothing to a user
-    with (
-        warnings.catch_warnings(),
-        contextlib.redirect_stdout(io.StringIO()),
-        torch.no_grad(),
-    ):
-        warnings.simplefilter("ignore")
+    tries = [dynamo] if dynamo is not None else ([True, False] if opset >= 18 else [False])
+    for i, new_exporter in enumerate(tries):
         try:
-            torch.onnx.export(module, inputs, str(tmp), dynamo=dynamo, **kwargs)
-        except Exception as exc:
-            tmp.unlink(missing_ok=True)
-            raise ExportError(
-                f"torch.onnx could not export {type(module).__name__}: "
-                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
-            ) from exc
+            _torch_export(
+                module,
+                inputs,
+                tmp,
+                new_exporter,
+                input_names,
+                output_names,
+                opset,
+                dynamic_batch,
+                dynamic_axes,
+            )
+            break
+        except ExportError:
+            if i == len(tries) - 1:
+                raise
     try:
         # load the external weights (if the exporter split them) so one file holds everything
         proto = onnx.load(str(tmp), load_external_data=True)
@@ -139,6 +130,45 @@ def export_module(
         tmp.unlink(missing_ok=True)
         tmp.with_name(tmp.name + ".data").unlink(missing_ok=True)
     return path
+
+
+def _torch_export(
+    module: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    tmp: Path,
+    dynamo: bool,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    opset: int,
+    dynamic_batch: bool,
+    dynamic_axes: dict[str, dict[int, str]] | None,
+) -> None:
+    """One ``torch.onnx.export`` call, quiet, its failure as a one-line ``ExportError``."""
+    kwargs: dict[str, Any] = dict(
+        input_names=list(input_names), output_names=list(output_names), opset_version=opset
+    )
+    if dynamic_batch and dynamo:
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        kwargs["dynamic_shapes"] = _batch_shapes(module, len(inputs), {0: batch})
+    elif dynamic_batch:
+        kwargs["dynamic_axes"] = {n: {0: "batch"} for n in [*input_names, *output_names]}
+    if dynamic_axes and not dynamo:  # other symbolic axes than the batch
+        kwargs["dynamic_axes"] = kwargs.get("dynamic_axes", {}) | dynamic_axes
+    # the exporters print progress and deprecation notes that mean nothing to a user
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+        torch.no_grad(),
+    ):
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(module, inputs, str(tmp), dynamo=dynamo, **kwargs)
+        except Exception as exc:
+            tmp.unlink(missing_ok=True)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ExportError(
+                f"torch.onnx could not export {type(module).__name__}: {first}"
+            ) from exc
 
 
 def _batch_shapes(module: nn.Module, n: int, axis: dict) -> dict[str, Any]:
