@@ -135,6 +135,28 @@ def test_fixed_batch_export_runs_image_by_image(tmp_path: Path, images: list[Pat
         clf.predict(images[:1], tta="dense")
 
 
+def test_falls_back_to_torchscript_where_torch_export_fails(tmp_path: Path) -> None:
+    from torch import nn
+
+    from pixtell.export import export_module
+
+    class Branchy(nn.Module):  # a data-dependent branch: torch.export refuses to trace it
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            if images.mean() > -100:
+                return images * 2
+            return images
+
+    x = torch.rand(1, 3, 4, 4)
+    path = export_module(Branchy(), (x,), tmp_path / "b.onnx", input_names=["images"],
+                         output_names=["out"])  # fmt: skip
+    (got,) = ort.InferenceSession(str(path)).run(None, {"images": x.numpy()})
+    np.testing.assert_allclose(got, x.numpy() * 2, atol=1e-6)
+    with pytest.raises(ExportError, match="Branchy"):
+        export_module(Branchy(), (x,), tmp_path / "c.onnx", input_names=["images"],
+                      output_names=["out"], dynamo=True)  # fmt: skip
+    assert not list(tmp_path.glob("*c.onnx*"))
+
+
 def test_never_overwrites_without_force(exported: Path) -> None:
     path = exported / "model.onnx"
     before = path.read_bytes()

@@ -90,6 +90,8 @@ def test_onnx_backend_row(tmp_path: Path) -> None:
     assert [r.backend for r in rows] == ["torch", "onnx"]
     assert rows[1].error is None and rows[1].peak_mem_mb is None
     assert rows[0].gmacs == rows[1].gmacs and rows[1].samples_per_sec > 0
+    det = profile_models(["tiny_fcos"], img_size=64, batch_sizes=(2,), backends=("onnx",), runs=2)
+    assert det[0].task == "detect" and det[0].error is None and det[0].samples_per_sec > 0
 
 
 def test_bad_arguments() -> None:

@@ -508,7 +508,7 @@ DETECT_OUTPUTS = ("boxes", "labels", "scores")
 BOX_TOLERANCE = 1e-3  # pixels: box coordinates are hundreds of pixels, float32 rounds ~1e-5
 
 
-class _Detect(nn.Module):
+class DetectorGraph(nn.Module):
     """One 0-1 RGB image (3, H, W) of any size → boxes (xyxy pixels), labels, scores.
 
     torchvision's detectors resize and normalise inside the graph; labels stay 1-based
@@ -572,7 +572,7 @@ def _export_detector(
     the one torchvision's detection models are written (and tested) for."""
     path = run_dir / ONNX_FILE
     _refuse_existing([path], force)
-    net = _Detect(model).eval()
+    net = DetectorGraph(model).eval()
     transform = getattr(model, "transform", None)
     md = {
         "task": "detect",

@@ -223,11 +223,30 @@ def _row(
 
 
 def _onnx_runner(subject: Subject, tmp: Path, threads: int | None) -> Callable[[Any], Any]:
-    """Export the subject with a dynamic batch and return ``inputs → outputs`` on onnxruntime."""
-    from pixtell.export import ExportError, export_module, ort_session
+    """Export the subject to ``tmp`` and return ``inputs → outputs`` on onnxruntime."""
+    from pixtell.export import (
+        DETECT_OUTPUTS,
+        DetectorGraph,
+        ExportError,
+        export_module,
+        ort_session,
+    )
 
+    if subject.task == "detect":  # one image at a time, as the exported graph takes them
+        path = export_module(
+            DetectorGraph(subject.net),
+            (_inputs(subject, 1)[0],),
+            tmp / "model.onnx",
+            input_names=["image"],
+            output_names=list(DETECT_OUTPUTS),
+            dynamo=False,
+        )
+        det = ort_session(path, threads)
+        return lambda images: [det.run(None, {"image": im.numpy()}) for im in images]
     if subject.task != "classify":
-        raise ExportError(f"the onnx backend profiles classifiers only, not {subject.task} models")
+        raise ExportError(
+            f"the onnx backend profiles classifiers and detectors, not {subject.task}"
+        )
     example = _inputs(subject, 2)
     path = export_module(
         subject.net,
