@@ -313,3 +313,27 @@ def test_detector_onnx_cannot_reproduce_is_one_clear_line(tmp_path: Path) -> Non
     except ExportError as exc:
         assert "\n" not in str(exc) and "--backend torch" in str(exc)
         assert not (run / "model.onnx").exists()
+
+
+def test_classify_predict_and_sort_with_the_onnx_backend(
+    exported: Path, images: list[Path], tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from pixtell import classify
+    from pixtell.cli import app
+
+    good = images[:-1]
+    torch_preds = classify.predict(exported, good, topk=2)
+    onnx_preds = classify.predict(exported, good, topk=2, backend="onnx")
+    for a, b in zip(torch_preds, onnx_preds, strict=True):
+        assert a.label == b.label and a.probability == pytest.approx(b.probability, abs=1e-4)
+    res = CliRunner().invoke(
+        app,
+        ["classify", "sort", str(good[0].parent), "--model", str(exported), "--out",
+         str(tmp_path / "sorted"), "--backend", "onnx", "--threshold", "0"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert len(list((tmp_path / "sorted").rglob("*.png"))) == len(
+        list(good[0].parent.glob("*.png"))
+    )

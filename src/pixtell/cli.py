@@ -272,6 +272,12 @@ MaxPixelsOpt = Annotated[
         show_default=False,
     ),
 ]
+BackendOpt = Annotated[
+    Literal["torch", "onnx"],
+    typer.Option(
+        help="torch, or onnx: RUN/model.onnx through onnxruntime (run `pixtell export RUN` first)."
+    ),
+]
 RecursiveOpt = Annotated[
     bool, typer.Option("--recursive", help="Also search sub-folders.", show_default=False)
 ]
@@ -321,6 +327,7 @@ def classify_predict(
     tta: TTAOpt = "none",
     recursive: RecursiveOpt = False,
     max_pixels: MaxPixelsOpt = None,
+    backend: BackendOpt = "torch",
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON object per line.", show_default=False)
     ] = False,
@@ -332,7 +339,12 @@ def classify_predict(
         listing = classify.image_listing(images, recursive=recursive)
         _listing_notes(listing, recursive)
         preds = classify.predict(
-            run, listing.paths + listing.missing, topk=topk, tta=tta, max_pixels=max_pixels
+            run,
+            listing.paths + listing.missing,
+            topk=topk,
+            tta=tta,
+            max_pixels=max_pixels,
+            backend=backend,
         )
     if as_json:
         for p in preds:
@@ -381,6 +393,7 @@ def classify_sort(
     recursive: RecursiveOpt = False,
     tta: TTAOpt = "none",
     max_pixels: MaxPixelsOpt = None,
+    backend: BackendOpt = "torch",
     undo: Annotated[
         Path | None,
         typer.Option(help="Undo a sort: put every file of this sort-manifest.jsonl back."),
@@ -420,6 +433,7 @@ def classify_sort(
             recursive=recursive,
             tta=tta,
             max_pixels=max_pixels,
+            backend=backend,
         )
     if res.dry_run:
         for p in res.placements:
@@ -578,6 +592,7 @@ def caption_predict(
     ] = None,
     recursive: RecursiveOpt = False,
     max_pixels: MaxPixelsOpt = None,
+    backend: BackendOpt = "torch",
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON object per line.", show_default=False)
     ] = False,

@@ -37,6 +37,15 @@ def image_paths(
     return listing.paths + listing.missing
 
 
+def _load(run: str | Path | Run, backend: str, max_pixels: int | None) -> Classifier:
+    """The run's classifier in PyTorch, or its exported ``model.onnx`` through onnxruntime."""
+    if backend == "torch":
+        return Classifier.from_run(run, max_pixels=max_pixels)
+    from pixtell.export import load_classifier  # lazy: export imports the predictor
+
+    return load_classifier(run, backend, max_pixels=max_pixels)
+
+
 def predict(
     run: str | Path | Run,
     images: str | Path | Sequence[str | Path],
@@ -46,11 +55,12 @@ def predict(
     batch_size: int = 32,
     recursive: bool = False,
     max_pixels: int | None = None,
+    backend: str = "torch",
 ) -> list[Prediction]:
     """Top-k predictions per image (files or folders); unreadable files carry ``error``."""
     if topk < 1:
         raise ValueError(f"--topk must be at least 1 (got {topk})")
-    clf = Classifier.from_run(run, max_pixels=max_pixels)
+    clf = _load(run, backend, max_pixels)
     return clf.predict(
         image_paths(images, recursive=recursive), topk=topk, tta=tta, batch_size=batch_size
     )
@@ -69,10 +79,11 @@ def sort(
     batch_size: int = 32,
     tta: str = "none",
     max_pixels: int | None = None,
+    backend: str = "torch",
     progress: bool = True,
 ) -> SortResult:
     """Sort ``inbox`` into ``out/<class>/`` (``out/others/`` below ``threshold``); undoable."""
-    clf = Classifier.from_run(model, max_pixels=max_pixels)
+    clf = _load(model, backend, max_pixels)
 
     def predict_fn(paths: list[Path]) -> list[tuple[str, float] | Exception]:
         return [
