@@ -4,7 +4,9 @@ Generates seeded candidates and references from a small vocabulary (so n-grams o
 scores are not trivial), then times ``pixtell.metrics.caption.score`` (tokenize + BLEU +
 ROUGE-L + CIDEr, no METEOR) against pycocoevalcap's PTBTokenizer + Bleu(4) + Rouge + Cider
 called the way COCOEvalCap calls them, checks that every number agrees to 1e-6 and prints
-a table (method, seconds, ratio). Each measurement is one ``bench_*`` function.
+a table (method, seconds, ratio). With ``--only all`` (the default) it also runs the batched
+vs per-image beam search (``caption_beam.py``) and cached vs recomputed encoder features
+(``caption_cache.py``) in the same process and prints the three ratios together.
 
     python bench/caption.py --images 5000 --refs 5
 """
@@ -92,14 +94,57 @@ def main() -> None:
     p.add_argument("--images", type=int, default=5000)
     p.add_argument("--refs", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--only",
+        choices=("all", "scoring", "beam", "cache"),
+        default="all",
+        help="all: scoring, beam search and the feature cache side by side in one process",
+    )
+    p.add_argument("--threads", type=int, default=1, help="torch threads for beam and cache")
     args = p.parse_args()
-    rows = bench_scoring(args.images, args.refs, args.seed)
-    table = Table(title=f"caption scoring: {args.images} images x {args.refs} references")
-    for col in ("method", "seconds", "ratio"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r.method, f"{r.seconds:.2f}", f"{r.ratio:.1f}x")
-    Console().print(table)
+    console = Console()
+    summary = Table(title="captioning: three speed-ups measured in one process")
+    for col in ("measurement", "baseline", "pixtell", "ratio"):
+        summary.add_column(col)
+    if args.only in ("all", "scoring"):
+        rows = bench_scoring(args.images, args.refs, args.seed)
+        table = Table(title=f"caption scoring: {args.images} images x {args.refs} references")
+        for col in ("method", "seconds", "ratio"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(r.method, f"{r.seconds:.2f}", f"{r.ratio:.1f}x")
+        console.print(table)
+        summary.add_row(
+            f"scoring {args.images}x{args.refs} (same numbers)",
+            f"pycocoevalcap {rows[0].seconds:.2f} s",
+            f"{rows[1].seconds:.2f} s",
+            f"{rows[1].ratio:.1f}x",
+        )
+    if args.only in ("all", "beam", "cache"):
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.only in ("all", "beam"):
+        from caption_beam import bench_beam  # bench/ is this script's folder
+
+        r = bench_beam(64, 5, 20)
+        summary.add_row(
+            "beam 5, 64 images (same captions)",
+            f"per image {r['per_image']:.3f} s",
+            f"batched {r['batched']:.3f} s",
+            f"{r['ratio']:.1f}x",
+        )
+    if args.only in ("all", "cache"):
+        from caption_cache import bench_cache
+
+        res = bench_cache(threads=args.threads, console=console)
+        summary.add_row(
+            "training step, frozen ResNet-18",
+            f"recompute {res['recompute'].images_per_s:.0f} img/s",
+            f"cached {res['cached'].images_per_s:.0f} img/s",
+            f"{res['cached'].ratio:.1f}x",
+        )
+    console.print(summary)
 
 
 if __name__ == "__main__":
