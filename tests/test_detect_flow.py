@@ -339,3 +339,24 @@ def test_cli_detect_commands(run: detect.Run, scenes: Path, tmp_path: Path) -> N
     assert (tmp_path / "cli-eval" / "metrics.json").is_file()
     res = cli.invoke(app, ["detect", "evaluate", "--data", str(gt)])
     assert res.exit_code == 2 and "--predictions" in res.output
+
+
+def test_multiscale_training_sizes_and_evaluation_at_img_size() -> None:
+    import torch
+
+    from pixtell.detect.train import arch_kwargs, train_sizes
+    from pixtell.models import create
+
+    assert train_sizes(128, 0.0) == [] and arch_kwargs("tiny_fcos", 128) == {"img_size": 128}
+    sizes = train_sizes(128, 0.25)
+    assert sizes == [96, 112, 128, 144, 160]
+    kw = arch_kwargs("tiny_fcos", 128, 0.25)
+    net = create("tiny_fcos", "detect", num_classes=2, **kw)
+    image = [torch.rand(3, 100, 100)]
+    net.train()
+    seen = {tuple(net.transform(image)[0].image_sizes[0]) for _ in range(40)}
+    assert len(seen) > 1 and all(max(s) in sizes for s in seen)
+    net.eval()
+    assert net.transform(image)[0].image_sizes[0] == (128, 128)
+    rcnn = arch_kwargs("fasterrcnn_resnet50_fpn", 400, 0.25)
+    assert rcnn["min_size"][-1] == 400 and max(rcnn["min_size"]) == 500

@@ -152,6 +152,13 @@ class DetectTrainConfig(TrainerSettings):
     monitor: Literal["val_map", "val_map_50"] = Field(
         "val_map", description="Validation mAP for the best checkpoint and early stopping."
     )
+    multiscale: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Multi-scale training: each batch's shorter side drawn from --img-size x "
+        "[1 - m, 1 + m] (evaluation stays at --img-size); 0: off.",
+    )
     hflip: bool = Field(True, description="Random horizontal flips (boxes flip too).")
     batch_size: int = Field(16, ge=1, description="Images per batch (per device).")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of images for validation.")

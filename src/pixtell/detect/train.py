@@ -51,21 +51,35 @@ def default_workers() -> int:
     return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
-def arch_kwargs(model: str, img_size: int | None) -> dict[str, Any]:
+def train_sizes(img_size: int, multiscale: float) -> list[int]:
+    """Five shorter sides evenly spread over ``img_size`` × [1 − m, 1 + m] (none when m is 0)."""
+    if not multiscale:
+        return []
+    return sorted({round(img_size * (1 - multiscale + multiscale * i / 2)) for i in range(5)})
+
+
+def arch_kwargs(model: str, img_size: int | None, multiscale: float = 0.0) -> dict[str, Any]:
     """Builder arguments that make detector ``model`` resize its input to ``img_size``.
 
     torchvision detectors resize inside the model (shorter side ``min_size``, longer side at
     most ``max_size``); predictions come back in the original image's pixels either way.
+    With ``multiscale`` the training batches take a random shorter side from
+    :func:`train_sizes` (torchvision's transform draws one per batch); evaluation stays at
+    ``img_size``.
     """
-    get_spec(model, "detect")  # an unknown name lists the known ones
-    if img_size is None:
+    spec = get_spec(model, "detect")  # an unknown name lists the known ones
+    if img_size is None and not multiscale:
         return {}
-    if model == "tiny_fcos":
-        return {"img_size": img_size}
     if DETECTORS.get(model, ("",))[0] == "ssd":
-        raise ValueError(f"{model} works at a fixed 320 px; leave --img-size out")
+        raise ValueError(f"{model} works at a fixed 320 px; leave --img-size and --multiscale out")
+    size = img_size or spec.input_size
+    sizes = train_sizes(size, multiscale)
+    if model == "tiny_fcos":
+        return {"img_size": size, **({"train_sizes": sizes} if sizes else {})}
     # keep torchvision's 800:1333 ratio between the shorter and the longest allowed side
-    return {"min_size": img_size, "max_size": max(img_size, round(img_size * 1333 / 800))}
+    longest = max([size, *sizes])
+    min_size: int | tuple[int, ...] = (*sizes, size) if sizes else size
+    return {"min_size": min_size, "max_size": max(longest, round(longest * 1333 / 800))}
 
 
 class DetectDataModule(L.LightningDataModule):
@@ -127,7 +141,9 @@ class DetectRecipe(engine.Recipe):
 
     # -- data ------------------------------------------------------------------------------
     def prepare(self, cfg: DetectTrainConfig) -> DetectData:
-        arch_kwargs(cfg.model, cfg.img_size)  # a bad --img-size fails before the data is read
+        arch_kwargs(
+            cfg.model, cfg.img_size, cfg.multiscale
+        )  # a bad --img-size fails before the data is read
         ds = load_dataset(
             cfg.data,
             format=None if cfg.format == "auto" else cfg.format,
@@ -198,7 +214,7 @@ class DetectRecipe(engine.Recipe):
             class_names=data.ds.class_names,
             pretrained=self.wants_pretrained(cfg) and not cfg.weights,
             weights=str(cfg.weights) if cfg.weights else None,
-            arch_kwargs=arch_kwargs(cfg.model, cfg.img_size),
+            arch_kwargs=arch_kwargs(cfg.model, cfg.img_size, cfg.multiscale),
             **hparams,
         )
 
@@ -221,7 +237,7 @@ class DetectRecipe(engine.Recipe):
             "arch": cfg.model,
             "num_classes": len(data.ds.class_names),
             "class_names": list(data.ds.class_names),
-            "arch_kwargs": arch_kwargs(cfg.model, cfg.img_size),
+            "arch_kwargs": arch_kwargs(cfg.model, cfg.img_size, cfg.multiscale),
             "img_size": cfg.img_size or spec.input_size,
         }
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Sequence
 from functools import partial
 
 import torch
@@ -169,10 +170,14 @@ def build_tiny_fcos(
     anchor_sizes: tuple[int, int] | None = None,
     center_sampling_radius: float = 1.5,
     score_thresh: float = 0.05,
+    train_sizes: Sequence[int] | None = None,
     **kwargs: object,
 ) -> nn.Module:
     """torchvision's ``FCOS`` with :class:`TinyFPNBackbone`; ``fpn_channels`` must be a
-    multiple of 32 (the head's GroupNorm). ``anchor_sizes`` defaults to the two strides."""
+    multiple of 32 (the head's GroupNorm). ``anchor_sizes`` defaults to the two strides.
+
+    ``train_sizes``: multi-scale training; torchvision's transform draws the shorter side from
+    them for every training batch and evaluates at the last size, ``img_size``."""
     if pretrained:
         raise ValueError(
             "tiny_fcos has no pretrained weights; use --no-pretrained (or --weights PATH for "
@@ -187,8 +192,8 @@ def build_tiny_fcos(
     model = tvd.FCOS(
         backbone,
         num_classes + 1,
-        min_size=img_size,
-        max_size=img_size,
+        min_size=(*train_sizes, img_size) if train_sizes else img_size,
+        max_size=max([img_size, *(train_sizes or [])]),
         anchor_generator=anchors,
         head=head,
         center_sampling_radius=center_sampling_radius,
