@@ -492,8 +492,17 @@ def test_onnx_backend_serves_the_same_probabilities(
         [t["probability"] for t in got["torch"]],
         atol=1e-5,
     )
-    with pytest.raises(ValueError, match="classifiers only"):
-        create_app([caption_run], backend="onnx", ui=False, api_key="")
+    # captioners too: the exported encoder and decoder step behind the same beam search
+    cap_dir = tmp_path / "cap"
+    shutil.copytree(caption_run, cap_dir)
+    export_onnx(cap_dir)
+    captions = {}
+    for backend in ("torch", "onnx"):
+        with TestClient(create_app([cap_dir], backend=backend, ui=False, api_key="")) as c:
+            r = c.post("/v1/caption", files=_upload(image, "e.jpg"))
+            assert r.status_code == 200, r.text
+            captions[backend] = r.json()["result"]["caption"]
+    assert captions["onnx"] == captions["torch"]
 
 
 def test_cli_serve_refuses_a_missing_run(tmp_path: Path) -> None:

@@ -99,11 +99,19 @@ class CaptionAdapter(Adapter):
     task = "caption"
 
     def __init__(
-        self, run: str | Path | Run, name: str, max_pixels: int | None = None, beam_size: int = 3
+        self,
+        run: str | Path | Run,
+        name: str,
+        max_pixels: int | None = None,
+        beam_size: int = 3,
+        backend: Backend = "torch",
+        threads: int | None = None,
     ) -> None:
-        from pixtell.caption import Captioner
+        from pixtell.export import load_captioner
 
-        self.model = Captioner.from_run(run, max_pixels=max_pixels)
+        # onnx: the exported encoder and decoder step, driven by the same beam search
+        self.model = load_captioner(run, backend, max_pixels=max_pixels, threads=threads)
+        self.backend = backend
         self.beam_size = beam_size
         super().__init__(name, _run_dir(run), self.model.meta, self.model.max_pixels)
 
@@ -139,11 +147,18 @@ class DetectAdapter(Adapter):
     task = "detect"
 
     def __init__(
-        self, run: str | Path | Run, name: str, max_pixels: int | None = None, conf: float = 0.3
+        self,
+        run: str | Path | Run,
+        name: str,
+        max_pixels: int | None = None,
+        conf: float = 0.3,
+        backend: Backend = "torch",
+        threads: int | None = None,
     ) -> None:
-        from pixtell.detect import Detector
+        from pixtell.export import load_detector
 
-        self.model = Detector.from_run(run)
+        self.model = load_detector(run, backend, threads=threads)
+        self.backend = backend
         self.conf = conf
         limit = max_pixels or self.model.meta.get("max_pixels") or DEFAULT_MAX_PIXELS
         super().__init__(name, _run_dir(run), self.model.meta, int(limit))
@@ -199,7 +214,7 @@ def load_adapter(
     threads: int | None = None,
 ) -> Adapter:
     """Load a run for serving with the adapter of its task; ``name`` defaults to the run's
-    folder name. ``backend="onnx"`` runs a classifier's exported ``model.onnx`` with
+    folder name. ``backend="onnx"`` runs the run's exported ONNX files (``pixtell export``) with
     ``threads`` onnxruntime threads per request (default: onnxruntime's own choice)."""
     task = run_task(run)
     name = name or _run_dir(run).name
@@ -207,12 +222,7 @@ def load_adapter(
         return _ADAPTERS[task](run, name, max_pixels=max_pixels)
     if backend != "onnx":
         raise ValueError(f"unknown --backend {backend!r}: use torch or onnx")
-    if task != "classify":
-        raise ValueError(
-            f"{_run_dir(run)} is a {task} run: --backend onnx serves classifiers only; "
-            "serve it with --backend torch"
-        )
-    return ClassifyAdapter(run, name, max_pixels=max_pixels, backend="onnx", threads=threads)
+    return _ADAPTERS[task](run, name, max_pixels=max_pixels, backend="onnx", threads=threads)
 
 
 def load_adapters(

@@ -273,7 +273,7 @@ def create_app(
 
     ``api_key`` (default: the ``PIXTELL_API_KEY`` environment variable) guards every route
     but ``/health``; ``max_pixels`` overrides each run's decompression-bomb limit;
-    ``backend="onnx"`` serves classifiers from their exported ``model.onnx``.
+    ``backend="onnx"`` serves every run from its exported ONNX files (``pixtell export``).
     """
     if max_upload_mb <= 0:
         raise ValueError(f"--max-upload-mb must be positive (got {max_upload_mb})")
