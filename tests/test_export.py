@@ -337,3 +337,30 @@ def test_classify_predict_and_sort_with_the_onnx_backend(
     assert len(list((tmp_path / "sorted").rglob("*.png"))) == len(
         list(good[0].parent.glob("*.png"))
     )
+
+
+def test_caption_and_detect_predict_with_the_onnx_backend(
+    caption_run: Path, images: list[Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    from pixtell import caption, detect
+
+    cap = tmp_path / "cap"
+    shutil.copytree(caption_run, cap)
+    export_onnx(cap, force=True)
+    good = images[:3]
+    want = [p.caption for p in caption.predict(cap, good, beam_size=3)]
+    assert [p.caption for p in caption.predict(cap, good, beam_size=3, backend="onnx")] == want
+    det = tmp_path / "det"
+    det.mkdir()
+    net = create("tiny_fcos", "detect", num_classes=2, img_size=64).eval()
+    meta = {"task": "detect", "arch": "tiny_fcos", "num_classes": 2, "img_size": 64}
+    save_model(net, det, {**meta, "class_names": ["a", "b"], "arch_kwargs": {"img_size": 64}})
+    (det / "config.yaml").write_text("task: detect\n")
+    export_onnx(det)
+    a = detect.predict(det, good, conf=0.0, draw=False)
+    b = detect.predict(det, good, conf=0.0, draw=False, backend="onnx")
+    for x, y in zip(a, b, strict=True):
+        assert len(x.scores) == len(y.scores)
+        np.testing.assert_allclose(np.sort(x.scores), np.sort(y.scores), atol=1e-4)

@@ -611,6 +611,7 @@ def caption_predict(
             attention=attention,
             out=out,
             max_pixels=max_pixels,
+            backend=backend,
         )
     if as_json:
         for p in preds:
@@ -773,6 +774,7 @@ def detect_predict(
     ] = None,
     recursive: RecursiveOpt = False,
     draw: Annotated[bool, typer.Option("--draw/--no-draw", help="Write drawn PNGs.")] = True,
+    backend: BackendOpt = "torch",
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON object per line.", show_default=False)
     ] = False,
@@ -783,7 +785,9 @@ def detect_predict(
     with _friendly_errors():
         listing = detect.image_listing(images, recursive=recursive)
         _listing_notes(listing, recursive)
-        preds = detect.predict(run, listing.paths + listing.missing, conf=conf, out=out, draw=draw)
+        preds = detect.predict(
+            run, listing.paths + listing.missing, conf=conf, out=out, draw=draw, backend=backend
+        )
     if as_json:
         for p in preds:
             objects = [

@@ -221,6 +221,7 @@ def predict(
     batch_size: int = 32,
     recursive: bool = False,
     max_pixels: int | None = None,
+    backend: str = "torch",
 ) -> list[CaptionPrediction]:
     """Caption images (files or folders); unreadable or missing files carry ``error``.
 
@@ -229,7 +230,12 @@ def predict(
     """
     if beam_size < 1:
         raise ValueError(f"--beam-size must be at least 1 (got {beam_size})")
-    cap = Captioner.from_run(run, max_pixels=max_pixels)
+    if backend == "torch":
+        cap = Captioner.from_run(run, max_pixels=max_pixels)
+    else:  # the exported encoder and decoder step (``pixtell export``) on onnxruntime
+        from pixtell.export import load_captioner
+
+        cap = load_captioner(run, backend, max_pixels=max_pixels)
     if attention and not cap.has_attention:
         raise ValueError(
             f"{cap.meta['arch']} has no attention to show; --attention needs a show_attend_tell run"

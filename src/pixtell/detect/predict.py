@@ -182,6 +182,7 @@ def predict(
     recursive: bool = False,
     draw: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    backend: str = "torch",
 ) -> Predictions:
     """Detect objects (score >= ``conf``) in image files and folders.
 
@@ -193,7 +194,12 @@ def predict(
     if not 0 <= conf <= 1:
         raise ValueError(f"--conf must lie in [0, 1] (got {conf})")
     run = Run.load(run)
-    det = Detector.from_run(run)
+    if backend == "torch":
+        det = Detector.from_run(run)
+    else:  # the exported model.onnx (``pixtell export``) on onnxruntime
+        from pixtell.export import load_detector
+
+        det = load_detector(run, backend)
     listing = image_listing(images, recursive=recursive)
     paths = listing.paths + listing.missing
     if not paths:
