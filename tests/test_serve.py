@@ -540,7 +540,6 @@ def _browser() -> Any:
     return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
 
 
-@pytest.mark.slow  # ~30 s: a server start plus a browser
 def test_real_server_and_gradio_page_in_chromium(trained_run: classify.Run, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
