@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -151,3 +151,36 @@ def build_scheduler(
         return {"scheduler": sched, "interval": "step", "monitor": monitor}
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule.factor(step))
     return {"scheduler": sched, "interval": "step"}
+
+
+def optimizer_config(
+    optimizer: torch.optim.Optimizer,
+    trainer: object,
+    hp: Mapping[str, object],
+    *,
+    monitor: str,
+    mode: str,
+    fine_tune_epochs: int = 0,
+    fine_tune_lr: float | None = None,
+) -> dict:
+    """What a LightningModule's ``configure_optimizers`` returns, for every task.
+
+    ``hp`` holds the shared settings (``scheduler``, ``epochs``, ``lr``, ``warmup_epochs``,
+    ``step_size``, ``gamma``, optionally ``patience``); the schedule is in optimizer steps.
+    """
+    steps = max(1, int(trainer.estimated_stepping_batches) // trainer.max_epochs)  # type: ignore[attr-defined]
+    schedule = Schedule(
+        str(hp["scheduler"]),
+        steps,
+        int(hp["epochs"]),  # type: ignore[arg-type]
+        fine_tune_epochs,
+        float(hp["lr"]),  # type: ignore[arg-type]
+        fine_tune_lr,
+        float(hp["warmup_epochs"]),  # type: ignore[arg-type]
+        int(hp["step_size"]),  # type: ignore[arg-type]
+        float(hp["gamma"]),  # type: ignore[arg-type]
+    )
+    # plateau: half the early-stopping patience, so the LR drops before training stops
+    patience = max(1, int(hp["patience"]) // 2) if "patience" in hp else 3  # type: ignore[arg-type]
+    sched = build_scheduler(optimizer, schedule, monitor=monitor, mode=mode, patience=patience)
+    return {"optimizer": optimizer, "lr_scheduler": sched}

@@ -31,7 +31,7 @@ from torchmetrics.text import Perplexity
 from pixtell.caption.decoding import Hypothesis, beam_search, greedy
 from pixtell.caption.vocab import PAD, Vocabulary
 from pixtell.models import create
-from pixtell.optim import Schedule, build_optimizer, build_scheduler, param_groups
+from pixtell.optim import build_optimizer, optimizer_config, param_groups
 
 
 class CaptionModule(L.LightningModule):
@@ -300,17 +300,4 @@ class CaptionModule(L.LightningModule):
             # Its own LR; added before the scheduler so LambdaLR scales it as well.
             for group in param_groups(self.net.encoder, hp.weight_decay):
                 opt.add_param_group({**group, "lr": hp.encoder_lr})
-        steps = max(1, int(self.trainer.estimated_stepping_batches) // self.trainer.max_epochs)
-        schedule = Schedule(
-            hp.scheduler,
-            steps,
-            hp.epochs,
-            0,
-            hp.lr,
-            None,
-            hp.warmup_epochs,
-            hp.step_size,
-            hp.gamma,
-        )
-        sched = build_scheduler(opt, schedule, monitor="val_bleu4", mode="max")
-        return {"optimizer": opt, "lr_scheduler": sched}
+        return optimizer_config(opt, self.trainer, hp, monitor="val_bleu4", mode="max")

@@ -11,7 +11,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from pixtell.models import create, get_spec
-from pixtell.optim import Schedule, build_optimizer, build_scheduler
+from pixtell.optim import build_optimizer, optimizer_config
 
 
 class ClassifierModule(L.LightningModule):
@@ -109,20 +109,13 @@ class ClassifierModule(L.LightningModule):
     def configure_optimizers(self) -> dict:
         hp = self.hparams
         opt = build_optimizer(self.net, hp.optimizer, hp.lr, hp.weight_decay, hp.momentum)
-        steps = max(1, int(self.trainer.estimated_stepping_batches) // self.trainer.max_epochs)
-        schedule = Schedule(
-            hp.scheduler,
-            steps,
-            hp.epochs,
-            hp.fine_tune_epochs,
-            hp.lr,
-            hp.fine_tune_lr,
-            hp.warmup_epochs,
-            hp.step_size,
-            hp.gamma,
-        )
         mode = "min" if hp.monitor == "val_loss" else "max"
-        sched = build_scheduler(
-            opt, schedule, monitor=hp.monitor, mode=mode, patience=max(1, hp.patience // 2)
+        return optimizer_config(
+            opt,
+            self.trainer,
+            hp,
+            monitor=hp.monitor,
+            mode=mode,
+            fine_tune_epochs=hp.fine_tune_epochs,
+            fine_tune_lr=hp.fine_tune_lr,
         )
-        return {"optimizer": opt, "lr_scheduler": sched}

@@ -21,7 +21,7 @@ from torchmetrics import Metric
 
 from pixtell.models import create
 from pixtell.models.detection import backbone_path
-from pixtell.optim import Schedule, build_optimizer, build_scheduler
+from pixtell.optim import build_optimizer, optimizer_config
 
 TRAIN_MODES = ("head", "full", "split")
 
@@ -224,21 +224,8 @@ class DetectionModule(L.LightningModule):
         hp = self.hparams
         opt = build_optimizer(self.net, hp.optimizer, hp.lr, hp.weight_decay, hp.momentum)
         _split_backbone_groups(opt, self.backbone, hp.train_mode, hp.backbone_lr_mult)
-        steps = max(1, int(self.trainer.estimated_stepping_batches) // self.trainer.max_epochs)
-        schedule = Schedule(
-            hp.scheduler,
-            steps,
-            hp.epochs,
-            lr=hp.lr,
-            warmup_epochs=hp.warmup_epochs,
-            step_size=hp.step_size,
-            gamma=hp.gamma,
-        )
         mode = "min" if hp.monitor.endswith("loss") else "max"
-        sched = build_scheduler(
-            opt, schedule, monitor=hp.monitor, mode=mode, patience=max(1, hp.patience // 2)
-        )
-        return {"optimizer": opt, "lr_scheduler": sched}
+        return optimizer_config(opt, self.trainer, hp, monitor=hp.monitor, mode=mode)
 
 
 def _split_backbone_groups(
