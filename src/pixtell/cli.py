@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
 import json
 import os
@@ -182,6 +183,30 @@ def config_command(
     parent.command(name, help=help)(command)
 
 
+def train_command(
+    parent: typer.Typer, task: str, model: type[BaseModel], data: str, help: str
+) -> None:
+    """``pixtell TASK train``: flags from ``model``, plus ``--resume RUN``; calls the task's API.
+
+    ``data`` says what DATA is, for the error when neither DATA, --config nor --resume is given.
+    """
+
+    def run(config_file: Path | None, resume: Path | None = None, **given: Any) -> None:
+        given = {k: v for k, v in given.items() if v is not None}
+        if resume is None and "data" not in given and config_file is None:
+            raise ValueError(f"give the DATA {data} (or --config FILE, or --resume RUN)")
+        api = importlib.import_module(f"pixtell.{task}")
+        api.train(config_file=config_file, resume=resume, **given)
+
+    resume = inspect.Parameter(
+        "resume",
+        inspect.Parameter.KEYWORD_ONLY,
+        annotation=Path | None,
+        default=typer.Option(None, "--resume", help="Continue RUN from its last.ckpt."),
+    )
+    config_command(parent, "train", model, run, positional=("data",), extra=[resume], help=help)
+
+
 @contextlib.contextmanager
 def _friendly_errors() -> Iterator[None]:
     """Expected user errors become one red line and exit code 2 instead of a traceback
@@ -227,30 +252,12 @@ def _dumps(obj: object) -> str:
 
 
 # -- classify --------------------------------------------------------------------------------
-def _train(config_file: Path | None, resume: Path | None = None, **given: Any) -> None:
-    from pixtell import classify
-
-    given = {k: v for k, v in given.items() if v is not None}
-    if resume is None and "data" not in given and config_file is None:
-        raise ValueError("give the DATA folder (or --config FILE, or --resume RUN)")
-    classify.train(config_file=config_file, resume=resume, **given)
-
-
-config_command(
+train_command(
     classify_app,
-    "train",
+    "classify",
     ClassifyTrainConfig,
-    _train,
-    positional=("data",),
-    extra=[
-        inspect.Parameter(
-            "resume",
-            inspect.Parameter.KEYWORD_ONLY,
-            annotation=Path | None,
-            default=typer.Option(None, "--resume", help="Continue RUN from its last.ckpt."),
-        )
-    ],
-    help="Train a classifier on DATA/<class>/<image> (or DATA/train|val|test/<class>/...).",
+    "folder",
+    "Train a classifier on DATA/<class>/<image> (or DATA/train|val|test/<class>/...).",
 )
 
 TTA_HELP = (
@@ -510,30 +517,12 @@ caption_app = typer.Typer(
 app.add_typer(caption_app, name="caption")
 
 
-def _caption_train(config_file: Path | None, resume: Path | None = None, **given: Any) -> None:
-    from pixtell import caption
-
-    given = {k: v for k, v in given.items() if v is not None}
-    if resume is None and "data" not in given and config_file is None:
-        raise ValueError("give the DATA folder or file (or --config FILE, or --resume RUN)")
-    caption.train(config_file=config_file, resume=resume, **given)
-
-
-config_command(
+train_command(
     caption_app,
-    "train",
+    "caption",
     CaptionTrainConfig,
-    _caption_train,
-    positional=("data",),
-    extra=[
-        inspect.Parameter(
-            "resume",
-            inspect.Parameter.KEYWORD_ONLY,
-            annotation=Path | None,
-            default=typer.Option(None, "--resume", help="Continue RUN from its last.ckpt."),
-        )
-    ],
-    help="Train a captioner on Flickr8k (captions.txt or Flickr8k.token.txt), a COCO "
+    "folder or file",
+    "Train a captioner on Flickr8k (captions.txt or Flickr8k.token.txt), a COCO "
     "captions JSON, a Karpathy split JSON or pixtell demo scenes.",
 )
 
@@ -678,30 +667,12 @@ def detect_convert(
     console.print(f"written: {escape(str(path))}")
 
 
-def _detect_train(config_file: Path | None, resume: Path | None = None, **given: Any) -> None:
-    from pixtell import detect
-
-    given = {k: v for k, v in given.items() if v is not None}
-    if resume is None and "data" not in given and config_file is None:
-        raise ValueError("give the DATA dataset (or --config FILE, or --resume RUN)")
-    detect.train(config_file=config_file, resume=resume, **given)
-
-
-config_command(
+train_command(
     detect_app,
-    "train",
+    "detect",
     DetectTrainConfig,
-    _detect_train,
-    positional=("data",),
-    extra=[
-        inspect.Parameter(
-            "resume",
-            inspect.Parameter.KEYWORD_ONLY,
-            annotation=Path | None,
-            default=typer.Option(None, "--resume", help="Continue RUN from its last.ckpt."),
-        )
-    ],
-    help="Train a detector on a VOC, COCO or YOLO dataset (best checkpoint: validation mAP).",
+    "dataset",
+    "Train a detector on a VOC, COCO or YOLO dataset (best checkpoint: validation mAP).",
 )
 ConfOpt = Annotated[
     float, typer.Option(min=0.0, max=1.0, help="Score threshold for drawn boxes and counts.")
