@@ -47,12 +47,21 @@ class DemoPart:
     notes: str = ""
 
 
-def _data(out: Path, name: str, make: Callable[[Path], Path], progress: bool) -> Path:
+def _data(out: Path, name: str, make: Callable[[Path], Path]) -> Path:
     data = out / "data" / name
     if not data.is_dir():
         console.print(f"generating {data}")
         make(data)
     return data
+
+
+def _train(
+    train: Callable[..., Any], data: Path, out: Path, name: str, **settings: Any
+) -> tuple[Any, float]:
+    """A demo run in ``out/runs`` (no loggers) and its training seconds."""
+    start = time.perf_counter()
+    run = train(data, out=out / "runs", name=name, logger=["none"], **settings)
+    return run, time.perf_counter() - start
 
 
 def classify_part(
@@ -68,22 +77,19 @@ def classify_part(
         lambda d: make_classification_folder(
             d, n_per_class=n_per_class, img_size=64, seed=seed, progress=progress
         ),
-        progress,
     )
-    start = time.perf_counter()
-    run = classify.train(
+    run, seconds = _train(
+        classify.train,
         data,
+        out,
+        "shapes",
         model="tinyvgg_a",
         img_size=32,
         epochs=epochs,
         batch_size=64,
         seed=seed,
-        out=out / "runs",
-        name="shapes",
-        logger=["none"],
         progress=progress,
     )
-    seconds = time.perf_counter() - start
     res = classify.evaluate(run)
     m = res.metrics
     console.print(f"classification test accuracy: {m['accuracy']:.3f}")
@@ -106,19 +112,11 @@ def detect_part(out: Path, *, seed: int = 0, progress: bool = True, **train: Any
         out,
         f"scenes-detect-{seed}-{n}",
         lambda d: make_detection_scenes(d, n_images=n, img_size=128, seed=seed, progress=progress),
-        progress,
     )
-    start = time.perf_counter()
-    run = detect.train(
-        data,
-        **{**DETECT_TRAIN, **train},
-        seed=seed,
-        out=out / "runs",
-        name="scenes",
-        logger=["none"],
-        progress=progress,
+    settings = {**DETECT_TRAIN, **train}
+    run, seconds = _train(
+        detect.train, data, out, "scenes", seed=seed, progress=progress, **settings
     )
-    seconds = time.perf_counter() - start
     res = detect.evaluate(run)
     m = res.metrics
     console.print(f"detection test mAP@50 {m['map_50']:.3f}, mAP@[.5:.95] {m['map']:.3f}")
@@ -142,23 +140,15 @@ def caption_part(out: Path, *, seed: int = 0, progress: bool = True, **train: An
         out,
         f"scenes-caption-{seed}-{n}",
         lambda d: make_caption_scenes(d, n_images=n, seed=seed, progress=progress),
-        progress,
     )
-    start = time.perf_counter()
-    run = caption.train(
-        data,
-        **{**CAPTION_TRAIN, **train},
-        seed=seed,
-        out=out / "runs",
-        name="scenes",
-        logger=["none"],
-        progress=progress,
+    settings = {**CAPTION_TRAIN, **train}
+    run, seconds = _train(
+        caption.train, data, out, "scenes", seed=seed, progress=progress, **settings
     )
-    seconds = time.perf_counter() - start
     res = caption.evaluate(run, beam_size=3)
     m = res.metrics
-    blind = blind_baseline(_references(run, "train"), _references(run, "test"))
-    test_images = [Path(p) for p in _test_paths(run)[:3]]
+    refs, test_images = _split_references(run)
+    blind = blind_baseline(refs["train"], refs["test"])
     preds = caption.predict(run, test_images, beam_size=3, attention=True)
     console.print(f"captioning test BLEU-4 {m['Bleu_4']:.3f} (blind baseline {blind:.3f})")
     samples = "; ".join(f"{p.path.name}: “{p.caption}”" for p in preds if not p.error)
@@ -176,19 +166,17 @@ def caption_part(out: Path, *, seed: int = 0, progress: bool = True, **train: An
     )
 
 
-def _references(run: Any, split: str) -> dict[str, list[str]]:
+def _split_references(run: Any) -> tuple[dict[str, dict[str, list[str]]], list[Path]]:
+    """Train and test references of a caption run (read once), and three test images."""
     from pixtell.caption.data import load_captions, read_split
 
     ds = load_captions(run.config["data"], check_images=False, progress=False)
     splits = read_split(run.dir / "split.json", ds)
-    return {ds.images[i].image_id: ds.images[i].captions for i in splits[split]}
-
-
-def _test_paths(run: Any) -> list[Path]:
-    from pixtell.caption.data import load_captions, read_split
-
-    ds = load_captions(run.config["data"], check_images=False, progress=False)
-    return [ds.images[i].path for i in read_split(run.dir / "split.json", ds)["test"]]
+    refs = {
+        part: {ds.images[i].image_id: ds.images[i].captions for i in splits[part]}
+        for part in ("train", "test")
+    }
+    return refs, [ds.images[i].path for i in splits["test"][:3]]
 
 
 def run_demo(
