@@ -19,6 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from pixtell.runs import CONFIG_FILE  # noqa: E402
+
 
 @dataclass
 class Section:
@@ -66,6 +68,14 @@ def run_summary(run: Any, **extra: object) -> dict[str, object]:
         summary["finished"] = res["finished"]
     summary.update(extra)
     return summary
+
+
+def training_section(run: Any, *links: Path) -> Section:
+    """The curves, best metrics and files of a run (a ``runs.Run``), for every task's report."""
+    files = [run.dir / "metrics.csv", run.dir / CONFIG_FILE, *links]
+    return Section(
+        "Training", images=[run.dir / "curves.png"], table=run.best_metrics or None, links=files
+    )
 
 
 def write_report(path: Path, title: str, sections: Sequence[Section]) -> Path:

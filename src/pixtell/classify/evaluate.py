@@ -21,9 +21,10 @@ from pixtell.report import (
     contact_sheet,
     plot_confusion_matrix,
     run_summary,
+    training_section,
     write_report,
 )
-from pixtell.runs import CONFIG_FILE, Run
+from pixtell.runs import Run
 
 console = Console(highlight=False, soft_wrap=True)
 METRICS_FILE = "metrics.json"
@@ -249,17 +250,7 @@ def _eval_report(
             text="" if hardest else "No misclassified images.",
         ),
         Section("Correct predictions", images=[correct] if correct else []),
-        Section(
-            "Training",
-            images=[run.dir / "curves.png"],
-            table=run.best_metrics or None,
-            links=[
-                run.dir / "metrics.csv",
-                run.dir / CONFIG_FILE,
-                out_dir / METRICS_FILE,
-                out_dir / "predictions.csv",
-            ],
-        ),
+        training_section(run, out_dir / METRICS_FILE, out_dir / "predictions.csv"),
     ]
     if metrics["skipped"]:
         sections.append(Section("Skipped files", rows=[["file", "reason"], *metrics["skipped"]]))

@@ -29,9 +29,10 @@ from pixtell.report import (
     plot_confusion_matrix,
     plt,
     run_summary,
+    training_section,
     write_report,
 )
-from pixtell.runs import CONFIG_FILE, Run
+from pixtell.runs import Run
 
 console = Console(highlight=False, soft_wrap=True)
 METRICS_FILE = "metrics.json"
@@ -463,17 +464,7 @@ def evaluate(
     sections = [
         Section("Run", table=run_summary(run, **{"split (images)": sizes})),
         *_sections(metrics, figures, f"Evaluation ({split} split)"),
-        Section(
-            "Training",
-            images=[run.dir / "curves.png"],
-            table=run.best_metrics or None,
-            links=[
-                run.dir / "metrics.csv",
-                run.dir / CONFIG_FILE,
-                out_dir / METRICS_FILE,
-                out_dir / "predictions.json",
-            ],
-        ),
+        training_section(run, out_dir / METRICS_FILE, out_dir / "predictions.json"),
     ]
     if all_checkpoints:
         rows, png = evaluate_checkpoints(run, images, out_dir, batch_size=batch_size)
