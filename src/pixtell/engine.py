@@ -27,7 +27,6 @@ from typing import Any, ClassVar
 
 import lightning as L
 import torch
-import yaml
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, RichProgressBar
 from lightning.pytorch.trainer.states import TrainerStatus
 from pydantic import ValidationError
@@ -247,20 +246,20 @@ def resume_settings(
     return cfg, changes
 
 
-def _check_can_continue(run_dir: Path, recipe: Recipe, cfg: Any, done: _Progress) -> None:
+def _check_can_continue(
+    run_dir: Path, recipe: Recipe, cfg: Any, recorded: Any, done: _Progress
+) -> None:
     total = recipe.total_epochs(cfg)
     if done.epochs_done >= total:
         raise ValueError(
             f"{run_dir} already finished all {total} epochs; pass --epochs N with N larger "
             f"than {cfg.epochs} to train longer"
         )
-    if done.stopped_early and cfg.patience:
-        recorded = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}
-        if cfg.patience <= int(recorded.get("patience") or 0):
-            raise ValueError(
-                f"{run_dir} stopped early after epoch {done.epochs_done} (--patience "
-                f"{cfg.patience}); pass a larger --patience (or --patience 0) to go on"
-            )
+    if done.stopped_early and cfg.patience and cfg.patience <= recorded.patience:
+        raise ValueError(
+            f"{run_dir} stopped early after epoch {done.epochs_done} (--patience "
+            f"{cfg.patience}); pass a larger --patience (or --patience 0) to go on"
+        )
 
 
 def _record_resume(run_dir: Path, done: _Progress, changes: dict[str, list[Any]]) -> None:
@@ -433,7 +432,7 @@ def train(
                     "start it again as a new run"
                 )
             done = _checkpoint_progress(ckpt)
-            _check_can_continue(run_dir, recipe, cfg, done)
+            _check_can_continue(run_dir, recipe, cfg, recorded, done)
         prepared = recipe.load_data(run_dir, cfg)
     else:
         cfg = load_config(recipe.config_cls, config_file, **overrides)

@@ -58,8 +58,6 @@ def predict(
     backend: str = "torch",
 ) -> list[Prediction]:
     """Top-k predictions per image (files or folders); unreadable files carry ``error``."""
-    if topk < 1:
-        raise ValueError(f"--topk must be at least 1 (got {topk})")
     clf = _load(run, backend, max_pixels)
     return clf.predict(
         image_paths(images, recursive=recursive), topk=topk, tta=tta, batch_size=batch_size
