@@ -31,6 +31,7 @@ __all__ = [
     "load_synonyms",
     "mention_rate",
     "mentions",
+    "phrase_forms",
     "plural_forms",
     "truth_from_boxes",
 ]
@@ -103,7 +104,7 @@ def plural_forms(word: str) -> set[str]:
     return forms
 
 
-def _phrase_variants(phrase: str) -> set[tuple[str, ...]]:
+def phrase_forms(phrase: str) -> set[tuple[str, ...]]:
     """Token sequences of a phrase: each plural form of its last word; "traffic light" is
     also matched as the one PTB token "traffic-light"."""
     words = tokenize(phrase.replace("_", " "))
@@ -124,7 +125,7 @@ def _table(
     extra = dict(synonyms)
     for cls in vocabulary:
         for phrase in (cls, *extra.get(cls, ())):
-            for seq in _phrase_variants(phrase):
+            for seq in phrase_forms(phrase):
                 other = table.setdefault(seq, cls)
                 if other != cls:
                     raise ValueError(
