@@ -564,6 +564,71 @@ def caption_evaluate(
     console.print(f"report: {escape(str(res.report))}")
 
 
+GuideOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--guide",
+        help="Classification run whose top label guides the caption and the hallucination filter.",
+    ),
+]
+TauOpt = Annotated[
+    float,
+    typer.Option(min=0.0, max=1.0, help="Filter threshold: captions are corrected when p >= tau."),
+]
+NBestOpt = Annotated[
+    int, typer.Option("--n-best", min=1, help="Captions per image the filter may choose from.")
+]
+SynonymsOpt = Annotated[
+    Path | None,
+    typer.Option(help="YAML file {class: [synonym, ...]} for class mentions."),
+]
+
+
+def _guided_predict(
+    run: Path,
+    paths: list[Path],
+    guide: Path,
+    *,
+    tau: float,
+    beam_size: int,
+    n_best: int,
+    synonyms: Path | None,
+    out: Path | None,
+    as_json: bool,
+) -> None:
+    """``caption predict --guide``: filtered captions, with label, probability and reason."""
+    from pixtell.guided import DECISIONS_FILE, guided_captions
+    from pixtell.runs import Run
+
+    with _friendly_errors():
+        folder = out or Run.load(run).dir / "guided"
+        res = guided_captions(
+            paths,
+            run,
+            guide,
+            tau=tau,
+            beam_size=beam_size,
+            n_best=min(n_best, beam_size),
+            synonyms=synonyms,
+            out=folder,
+        )
+    if as_json:
+        for r in res:
+            print(_dumps(r.record()))
+    else:
+        table = Table("image", "caption", "label", "p", "reason")
+        for r in res:
+            if r.error:
+                table.add_row(escape(str(r.path)), f"[red]unreadable[/]: {escape(r.error)}")
+            else:
+                cells = [r.path, r.caption, r.label, f"{r.probability:.2f}", r.reason]
+                table.add_row(*(escape(str(c)) for c in cells))
+        console.print(table)
+        err.print(f"decisions: {escape(str(folder / DECISIONS_FILE))} (or the next free name)")
+    if any(r.error for r in res):
+        raise typer.Exit(1)
+
+
 @caption_app.command("predict")
 def caption_predict(
     run: RunArg,
@@ -577,7 +642,10 @@ def caption_predict(
     ] = False,
     out: Annotated[
         Path | None,
-        typer.Option(help="Folder for the --attention PNGs. Default: RUN/attention."),
+        typer.Option(
+            help="Folder for the --attention PNGs (default RUN/attention) or the --guide "
+            "decisions (default RUN/guided)."
+        ),
     ] = None,
     recursive: RecursiveOpt = False,
     max_pixels: MaxPixelsOpt = None,
@@ -585,6 +653,10 @@ def caption_predict(
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON object per line.", show_default=False)
     ] = False,
+    guide: GuideOpt = None,
+    tau: TauOpt = 0.5,
+    n_best: NBestOpt = 3,
+    synonyms: SynonymsOpt = None,
 ) -> None:
     """Caption images: a table, or JSON lines (path, caption, error) with --json."""
     from pixtell import caption
@@ -593,6 +665,14 @@ def caption_predict(
     with _friendly_errors():
         listing = list_images(images, recursive=recursive)
         _listing_notes(listing, recursive)
+    if guide is not None:
+        if attention or backend != "torch":
+            err.print("[red]error:[/] --guide works with the torch backend and no --attention")
+            raise typer.Exit(2)
+        paths = listing.paths + listing.missing
+        kw = dict(tau=tau, beam_size=beam_size, n_best=n_best, synonyms=synonyms, out=out)
+        return _guided_predict(run, paths, guide, as_json=as_json, **kw)
+    with _friendly_errors():
         preds = caption.predict(
             run,
             listing.paths + listing.missing,
@@ -620,6 +700,53 @@ def caption_predict(
         console.print(table)
     if any(p.error for p in preds):
         raise typer.Exit(1)
+
+
+@caption_app.command("hallucination")
+def caption_hallucination(
+    run: RunArg,
+    guide: Annotated[
+        Path,
+        typer.Option("--guide", help="Classification run whose top label guides the filter."),
+    ],
+    split: Annotated[
+        Literal["test", "val", "train"], typer.Option(help="Which split of the run to score.")
+    ] = "test",
+    tau: TauOpt = 0.5,
+    beam_size: BeamOpt = 3,
+    n_best: NBestOpt = 3,
+    synonyms: SynonymsOpt = None,
+    truth: Annotated[
+        Path | None,
+        typer.Option(
+            help="Objects per image: demo *-meta.jsonl, COCO instances JSON or {image: [classes]}."
+            " Default: the run's demo metadata, else each image's class folder."
+        ),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder. Default: RUN/guided.")] = None,
+) -> None:
+    """CHAIR, label-mention rate and caption scores before and after the hallucination filter;
+    decisions.jsonl, a per-class table and report.html."""
+    from pixtell.guided import evaluate_guided
+
+    with _friendly_errors():
+        res = evaluate_guided(
+            run,
+            guide,
+            split=split,
+            tau=tau,
+            beam_size=beam_size,
+            n_best=min(n_best, beam_size),
+            synonyms=synonyms,
+            truth=truth,
+            out=out,
+        )
+    m = res.metrics
+    table = Table("", "before", "after")
+    for key in ("Bleu_4", "CIDEr", "CHAIR_i", "CHAIR_s", "mention_rate"):
+        table.add_row(key, f"{m['before'][key]:.4f}", f"{m['after'][key]:.4f}")
+    console.print(table)
+    console.print(f"report: {escape(str(res.report))}")
 
 
 # -- detect ----------------------------------------------------------------------------------
