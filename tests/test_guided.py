@@ -191,3 +191,37 @@ def test_blip_guides_with_a_label_prefix(runs: tuple, tmp_path: Path) -> None:
     for r in res:
         assert r.guided == f"a photo of a {r.label} on a sofa"
         assert (r.reason, r.caption) == ("guided", r.guided)  # "cat" names no class here
+
+
+def test_cli_predict_guide_and_hallucination(runs: tuple, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pixtell.cli import app
+
+    shapes, clf, cap = runs
+    runner = CliRunner()
+    syn = tmp_path / "syn.yaml"
+    syn.write_text("circle: [disk, round shape]\n")
+    files = [str(p) for p in sorted((shapes / "circle").iterdir())[:2]]
+    args = ["caption", "predict", str(cap.dir), *files, "--guide", str(clf.dir), "--json"]
+    res = runner.invoke(app, [*args, "--tau", "0", "--synonyms", str(syn), "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [Path(r["path"]).name for r in rows] == [Path(f).name for f in files]
+    assert all(r["reason"] in REASONS and r["reason"] != "unsure" for r in rows)
+    assert len(_records(tmp_path / "decisions.jsonl")) == 2
+    res = runner.invoke(app, [*args, "--attention"])
+    assert res.exit_code == 2 and "--guide" in res.output
+    out = tmp_path / "eval"
+    res = runner.invoke(
+        app, ["caption", "hallucination", str(cap.dir), "--guide", str(clf.dir), "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    assert "CHAIR_s" in res.stdout and (out / "report.html").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) >= {"before", "after", "reasons", "classifier_accuracy"}
+    res = runner.invoke(
+        app, ["caption", "hallucination", str(cap.dir), "--guide", str(clf.dir), "--synonyms",
+              str(tmp_path / "nope.yaml")],
+    )  # fmt: skip
+    assert res.exit_code == 2 and "not found" in res.output
