@@ -233,6 +233,12 @@ def _source(
     if isinstance(captioner, Captioner):
         return _PixtellSource(captioner, beam_size, n_best, synonyms)
     if isinstance(captioner, str | Path | Run):
+        try:  # a fine-tuned BLIP run (caption/blip.py, when installed in this build)
+            from pixtell.caption.blip import BlipCaptioner, is_blip_run
+        except ImportError:
+            is_blip_run = None
+        if is_blip_run is not None and is_blip_run(captioner):
+            return _BlipSource(BlipCaptioner.from_run(captioner), beam_size, n_best, max_len)
         return _PixtellSource(Captioner.from_run(captioner), beam_size, n_best, synonyms)
     if hasattr(captioner, "caption"):  # pixtell.caption.blip.BlipCaptioner
         return _BlipSource(captioner, beam_size, n_best, max_len)
@@ -607,7 +613,7 @@ def evaluate_guided(
     paths = [im.path for im in images]
     gt = _image_truth(paths, ds.root, table, clf.classes)
     results = _guide(
-        paths, Captioner.from_run(run), clf, tau=tau, beam_size=beam_size, n_best=n_best,
+        paths, run, clf, tau=tau, beam_size=beam_size, n_best=n_best,
         synonyms=syn, template=template, batch_size=batch_size, max_len=30,
     )  # fmt: skip
     ok = [k for k, r in enumerate(results) if r.error is None]
