@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +16,8 @@ from PIL import Image
 from torch.nn.utils.rnn import pad_sequence
 from torchvision.transforms import v2
 
-from pixtell.caption.decoding import Hypothesis, beam_search, greedy
-from pixtell.caption.vocab import PAD, Vocabulary
+from pixtell.caption.decoding import Hypothesis, beam_search, constrained_beam_search, greedy
+from pixtell.caption.vocab import PAD, Vocabulary, tokenize
 from pixtell.data.folders import list_images
 from pixtell.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 from pixtell.data.transforms import build_eval_transform
@@ -98,12 +99,50 @@ class Captioner:
         """A batch of inputs (B, 3, H, W) → the features the decoder reads."""
         return self.model.encode(images.to(self.device))
 
+    def constraint_ids(self, phrases: Sequence[str]) -> list[list[int]]:
+        """Word phrases (a label and its synonyms) → id sequences for ``decode(constraints=)``.
+
+        A phrase with a word outside the vocabulary (or no word at all) can never be
+        generated: it is dropped with a ``RuntimeWarning`` naming the words.
+        """
+        ids: list[list[int]] = []
+        for phrase in phrases:
+            words = tokenize(phrase)
+            unknown = [w for w in words if w not in self.vocab.stoi]
+            if not words or unknown:
+                why = f"unknown words {unknown}" if unknown else "no words"
+                warnings.warn(f"constraint {phrase!r} dropped: {why}", RuntimeWarning, 2)
+                continue
+            ids.append([self.vocab.stoi[w] for w in words])
+        return ids
+
     @torch.inference_mode()
     def decode(
-        self, feats: torch.Tensor, *, beam_size: int = 5, return_alphas: bool = False
+        self,
+        feats: torch.Tensor,
+        *,
+        beam_size: int = 5,
+        return_alphas: bool = False,
+        constraints: Sequence[Sequence[Sequence[int]]] | None = None,
     ) -> list[Decoded]:
-        """Best caption per image of a batch of features; beam 1 is greedy."""
-        if beam_size <= 1:
+        """Best caption per image of a batch of features; beam 1 is greedy.
+
+        ``constraints[i]``: alternative id sequences (``constraint_ids``) of which image ``i``'s
+        caption must contain one (an empty list: none); decoded by constrained beam search.
+        """
+        if constraints is not None and any(constraints):
+            hyps = [
+                h[0]
+                for h in constrained_beam_search(
+                    self.model,
+                    feats,
+                    constraints,
+                    beam_size=beam_size,
+                    max_len=self.max_len,
+                    return_alphas=return_alphas,
+                )
+            ]
+        elif beam_size <= 1:
             hyps = greedy(self.model, feats, self.max_len, return_alphas=return_alphas)
         else:
             hyps = [
@@ -163,13 +202,20 @@ class Captioner:
         beam_size: int = 5,
         batch_size: int = 32,
         return_alphas: bool = False,
+        constraints: Sequence[Sequence[Sequence[int]]] | None = None,
     ) -> Iterator[tuple[int, Decoded | str]]:
-        """(index, decoded) per path in order, or (index, reason) for unreadable files."""
+        """(index, decoded) per path in order, or (index, reason) for unreadable files;
+        ``constraints[i]`` belong to ``paths[i]`` (see ``decode``)."""
+        if constraints is not None and len(constraints) != len(paths):
+            raise ValueError(f"{len(constraints)} constraint lists for {len(paths)} images")
         for good, inputs, failed in self.iter_batches(paths, batch_size):
             done: dict[int, Decoded] = {}
             if inputs is not None:
                 decoded = self.decode(
-                    self.encode(inputs), beam_size=beam_size, return_alphas=return_alphas
+                    self.encode(inputs),
+                    beam_size=beam_size,
+                    return_alphas=return_alphas,
+                    constraints=None if constraints is None else [constraints[i] for i in good],
                 )
                 done = dict(zip(good, decoded, strict=True))
             for i in sorted([*good, *failed]):
@@ -230,6 +276,15 @@ def predict(
     """
     if beam_size < 1:
         raise ValueError(f"--beam-size must be at least 1 (got {beam_size})")
+    from pixtell.caption.blip import is_blip_run, predict_blip  # blip.py imports this package
+
+    if is_blip_run(run):  # a fine-tuned BLIP (``caption train --model blip``)
+        if attention or backend != "torch":
+            raise ValueError("a BLIP run has no --attention maps and runs on --backend torch only")
+        got = predict_blip(
+            run, images, beam_size=beam_size, recursive=recursive, max_pixels=max_pixels
+        )
+        return [CaptionPrediction(g.path, g.caption, g.error) for g in got]
     if backend == "torch":
         cap = Captioner.from_run(run, max_pixels=max_pixels)
     else:  # the exported encoder and decoder step (``pixtell export``) on onnxruntime
