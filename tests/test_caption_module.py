@@ -157,3 +157,39 @@ def test_gradient_clipping_by_norm(scenes) -> None:  # noqa: ANN001
         mod, *loaders(images, refs, vocab)
     )
     assert norms and all(n <= 1e-3 * 1.01 for n in norms)
+
+
+def test_word_presence_loss_is_binary_cross_entropy_over_the_caption_words(scenes) -> None:  # noqa: ANN001
+    images, refs, vocab = scenes
+    torch.manual_seed(3)
+    mod = module(vocab, refs, word_loss=0.5, fine_tune_encoder_after=0)
+    mod.log = lambda *a, **k: None  # type: ignore[method-assign]
+    mod.train()
+    mod.net.eval()  # no dropout, fixed BatchNorm: the losses below differ only by the word term
+    batch = next(iter(loaders(images, refs, vocab)[0]))
+    x, captions, lengths = batch
+    with torch.no_grad():
+        feats = mod.net.encode(x)
+        probs = torch.sigmoid(mod.word_head(feats.mean(dim=(2, 3))))
+    # by hand: y_w = 1 when word w occurs in the caption, over the non-special words
+    total, count = 0.0, 0
+    for row, caption in enumerate(captions.tolist()):
+        for w in range(4, len(vocab)):
+            p = float(probs[row, w])
+            total -= math.log(p) if w in caption else math.log(1 - p)
+            count += 1
+    expected = total / count
+    assert float(mod._word_presence_loss(feats, captions)) == pytest.approx(expected, rel=1e-5)
+
+    with_words = float(mod.training_step(batch, 0))
+    mod.hparams.word_loss = 0.0
+    mod.word_head, head = None, mod.word_head
+    without = float(mod.training_step(batch, 0))
+    assert with_words - without == pytest.approx(0.5 * expected, rel=1e-4)
+
+    mod.word_head = head  # trained with the decoder, never exported with the captioner
+    tr = trainer(limit_train_batches=1, limit_val_batches=0)
+    tr.fit(mod, *loaders(images, refs, vocab))
+    in_opt = {id(p) for g in tr.optimizers[0].param_groups for p in g["params"]}
+    assert all(id(p) in in_opt for p in head.parameters())
+    assert not any(k.startswith("word_head") for k in mod.net.state_dict())

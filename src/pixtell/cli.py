@@ -531,11 +531,38 @@ BeamOpt = Annotated[
 ]
 
 
+BLIP_MODEL_HELP = "blip: a pretrained BLIP (--blip) instead of a RUN."
+BlipModelOpt = Annotated[Literal["blip"] | None, typer.Option("--model", help=BLIP_MODEL_HELP)]
+BlipOpt = Annotated[
+    str, typer.Option(help="--model blip: Hugging Face checkpoint name or local directory.")
+]
+PrefixOpt = Annotated[
+    str | None, typer.Option(help="BLIP: text the caption starts with (e.g. 'a photo of').")
+]
+DEFAULT_BLIP = "Salesforce/blip-image-captioning-base"
+
+
+def _blip_source(run: Path | None, model: str | None, blip: str) -> str | Path | None:
+    """What BLIP captions with: a fine-tuned BLIP run, or --blip with --model blip (else None)."""
+    from pixtell.caption.blip import is_blip_run
+
+    if run is not None and is_blip_run(run):
+        return run
+    return blip if model == "blip" else None
+
+
 @caption_app.command("evaluate")
 def caption_evaluate(
-    run: RunArg,
+    run: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Run directory (or a file in it); leave it out with --model blip --data DATA.",
+            show_default=False,
+        ),
+    ] = None,
     split: Annotated[
-        Literal["test", "val", "train"], typer.Option(help="Which split of the run to score.")
+        Literal["test", "val", "train", "all"],
+        typer.Option(help="Which split of the run (or of --data) to score; all: all of --data."),
     ] = "test",
     beam_size: BeamOpt = 3,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 32,
@@ -548,10 +575,35 @@ def caption_evaluate(
             show_default=False,
         ),
     ] = None,
+    model: BlipModelOpt = None,
+    blip: BlipOpt = DEFAULT_BLIP,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="BLIP: a captions dataset to score (its test split, or --split)."),
+    ] = None,
+    prefix: PrefixOpt = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="BLIP: output folder. Default: RUN/eval or runs/caption/<blip>-eval."),
+    ] = None,
 ) -> None:
     """BLEU-1..4, METEOR, ROUGE-L, CIDEr of really decoded captions; report.html for a run."""
     from pixtell import caption
 
+    with _friendly_errors():
+        source = _blip_source(run, model, blip)
+        if source is None and (data is not None or run is None):
+            raise ValueError("give a RUN directory, or --model blip --data DATA")
+    if source is not None:
+        from pixtell.caption.blip import evaluate_blip
+
+        with _friendly_errors():
+            res = evaluate_blip(
+                source, data, split=split, beam_size=beam_size, prefix=prefix, out=out,
+                batch_size=batch_size, max_pixels=max_pixels, meteor=meteor,
+            )  # fmt: skip
+        console.print(f"report: {escape(str(res.report))}")
+        return
     with _friendly_errors():
         res = caption.evaluate(
             run,
@@ -629,10 +681,48 @@ def _guided_predict(
         raise typer.Exit(1)
 
 
+def _blip_predict(
+    source: str | Path, paths: list[Path], *, recursive: bool, as_json: bool, **kw: Any
+) -> None:
+    """``caption predict --model blip``: n-best captions with their scores."""
+    from pixtell.caption.blip import predict_blip
+    from pixtell.data.folders import list_images
+
+    with _friendly_errors():
+        if not paths:
+            raise ValueError("give IMAGES (files and/or folders) to caption")
+        listing = list_images(paths, recursive=recursive)
+        _listing_notes(listing, recursive)
+        preds = predict_blip(source, listing.paths + listing.missing, **kw)
+    if as_json:
+        for p in preds:
+            row = {"path": str(p.path), "caption": p.caption, "error": p.error}
+            print(_dumps({**row, "captions": p.captions, "scores": p.scores}))
+    else:
+        table = Table("image", "caption", "score")
+        for p in preds:
+            if p.error:
+                table.add_row(escape(str(p.path)), f"[red]unreadable[/]: {escape(p.error)}", "")
+            for k, (text, score) in enumerate(zip(p.captions, p.scores, strict=True)):
+                table.add_row(escape(str(p.path)) if k == 0 else "", escape(text), f"{score:.3f}")
+        console.print(table)
+    if any(p.error for p in preds):
+        raise typer.Exit(1)
+
+
 @caption_app.command("predict")
 def caption_predict(
-    run: RunArg,
-    images: Annotated[list[Path], typer.Argument(help="Image files and/or folders.")],
+    ctx: typer.Context,
+    run: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Run directory (or a file in it); with --model blip, the first image.",
+            show_default=False,
+        ),
+    ] = None,
+    images: Annotated[
+        list[Path] | None, typer.Argument(help="Image files and/or folders.", show_default=False)
+    ] = None,
     beam_size: BeamOpt = 5,
     attention: Annotated[
         bool,
@@ -657,11 +747,25 @@ def caption_predict(
     tau: TauOpt = 0.5,
     n_best: NBestOpt = 3,
     synonyms: SynonymsOpt = None,
+    model: BlipModelOpt = None,
+    blip: BlipOpt = DEFAULT_BLIP,
+    prefix: PrefixOpt = None,
 ) -> None:
     """Caption images: a table, or JSON lines (path, caption, error) with --json."""
     from pixtell import caption
     from pixtell.data.folders import list_images
 
+    with _friendly_errors():
+        source = _blip_source(run, model, blip)
+    if source is not None and guide is None:
+        paths = ([] if source == run or run is None else [run]) + list(images or [])
+        given = ctx.get_parameter_source("n_best")  # BLIP lists one caption unless asked
+        n = n_best if given is not None and given.name != "DEFAULT" else 1
+        kw = dict(beam_size=max(beam_size, n), prefix=prefix, n_best=n, max_pixels=max_pixels)
+        return _blip_predict(source, paths, recursive=recursive, as_json=as_json, **kw)
+    if run is None or not images:
+        err.print("[red]error:[/] give a RUN directory and IMAGES (or --model blip IMAGES)")
+        raise typer.Exit(2)
     with _friendly_errors():
         listing = list_images(images, recursive=recursive)
         _listing_notes(listing, recursive)

@@ -238,6 +238,12 @@ class CaptionTrainConfig(TrainerSettings):
     attention_reg: float = Field(
         1.0, ge=0, description="Doubly stochastic attention regularisation (lambda)."
     )
+    word_loss: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of an auxiliary loss: predict from the image which words its "
+        "caption uses (helps an encoder trained from scratch; 0: off).",
+    )
     reinforce_weight: float = Field(1.0, ge=0, description="Hard attention: REINFORCE weight.")
     entropy_weight: float = Field(0.01, ge=0, description="Hard attention: entropy bonus.")
     grad_clip: float = Field(5.0, ge=0, description="Clip the gradient norm (0: off).")

@@ -102,6 +102,13 @@ def evaluate(
     if beam_size < 1:
         raise ValueError(f"--beam-size must be at least 1 (got {beam_size})")
     run = Run.load(run)
+    from pixtell.caption.blip import evaluate_blip, is_blip_run  # blip.py imports this module
+
+    if is_blip_run(run):  # a fine-tuned BLIP (``caption train --model blip``): no perplexity
+        return evaluate_blip(
+            run, split=split, beam_size=beam_size, out=out, batch_size=batch_size,
+            max_pixels=max_pixels, meteor=meteor,
+        )  # fmt: skip
     cap = Captioner.from_run(run, max_pixels=max_pixels)
     images, skipped = _split_images(run, split, cap.max_pixels)
     out_dir = Path(out) if out else run.dir / ("eval" if split == "test" else f"eval-{split}")

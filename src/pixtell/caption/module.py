@@ -29,7 +29,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
 from pixtell.caption.decoding import Hypothesis, beam_search, greedy
-from pixtell.caption.vocab import PAD, Vocabulary
+from pixtell.caption.vocab import END, PAD, START, UNK, Vocabulary
 from pixtell.models import create
 from pixtell.optim import build_optimizer, optimizer_config, param_groups
 
@@ -43,6 +43,12 @@ class CaptionModule(L.LightningModule):
     doubly stochastic term ``attention_reg · mean_i (1 − Σ_t α_ti)²``; hard attention adds
     REINFORCE ``−λ_r (log p(y|s̃) − b) log p(s̃)`` with a moving-average baseline ``b`` and
     ``−λ_e H[α]`` (Xu et al. 2015, §4.1), both per word like the cross-entropy.
+
+    ``word_loss`` > 0 adds a multi-label loss while the encoder trains: a linear layer on the
+    mean encoder feature predicts which vocabulary words the image's caption uses (the
+    "visual concepts" of Fang et al. 2015). It gives a from-scratch encoder a direct signal
+    for every content word instead of one filtered through attention and the LSTM. The layer
+    lives here, not in ``net``, so exported weights are the captioner's alone.
     """
 
     def __init__(
@@ -66,6 +72,7 @@ class CaptionModule(L.LightningModule):
         fine_tune_encoder_after: int | None = None,
         encoder_lr: float = 1e-4,
         attention_reg: float = 1.0,
+        word_loss: float = 0.0,
         reinforce_weight: float = 1.0,
         entropy_weight: float = 0.01,
         baseline_decay: float = 0.9,
@@ -92,6 +99,7 @@ class CaptionModule(L.LightningModule):
             **(model or {}),
         )
         V = len(self.vocab)
+        self.word_head = nn.Linear(self.net.feature_dim, V) if word_loss > 0 else None
         self.val_loss = MeanMetric()
         self.val_ppl = Perplexity(ignore_index=PAD)
         self.val_top5 = MulticlassAccuracy(V, top_k=min(5, V), ignore_index=PAD, average="micro")
@@ -137,7 +145,8 @@ class CaptionModule(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         inputs, captions, lengths = batch
-        logits, alphas, aux = self.net(self.features(inputs), captions, lengths, return_aux=True)
+        feats = self.features(inputs)
+        logits, alphas, aux = self.net(feats, captions, lengths, return_aux=True)
         targets = captions[:, 1:]
         nll = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=PAD, reduction="none")
         n_words = (targets != PAD).sum().clamp(min=1)
@@ -149,8 +158,23 @@ class CaptionModule(L.LightningModule):
             self.log("train_attention_reg", coverage, on_step=False, on_epoch=True)
         if aux:
             loss = loss + self._reinforce(nll, aux, n_words)
+        if self.word_head is not None and self.encoder_trainable():
+            words = self._word_presence_loss(feats, captions)
+            loss = loss + self.hparams.word_loss * words
+            self.log("train_word_loss", words, on_step=False, on_epoch=True)
         self.log("train_loss", ce, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
         return loss
+
+    def _word_presence_loss(self, feats: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
+        """Binary cross-entropy of "word w is in this caption" over the content words."""
+        assert self.word_head is not None
+        pooled = feats.flatten(2).mean(dim=2) if feats.ndim > 2 else feats
+        logits = self.word_head(pooled)
+        target = torch.zeros_like(logits)
+        target.scatter_(1, captions, 1.0)
+        content = torch.ones(logits.shape[1], dtype=torch.bool, device=logits.device)
+        content[[PAD, START, END, UNK]] = False
+        return F.binary_cross_entropy_with_logits(logits[:, content], target[:, content])
 
     def _reinforce(
         self, nll: torch.Tensor, aux: dict[str, torch.Tensor], n_words: torch.Tensor
@@ -295,6 +319,8 @@ class CaptionModule(L.LightningModule):
     def configure_optimizers(self) -> dict:
         hp = self.hparams
         decoder = nn.ModuleList(m for n, m in self.net.named_children() if n != "encoder")
+        if self.word_head is not None:
+            decoder.append(self.word_head)
         opt = build_optimizer(decoder, hp.optimizer, hp.lr, hp.weight_decay, hp.momentum)
         if hp.fine_tune_encoder_after is not None:
             # Its own LR; added before the scheduler so LambdaLR scales it as well.

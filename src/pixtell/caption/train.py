@@ -151,6 +151,7 @@ class CaptionRecipe(engine.Recipe):
             fine_tune_encoder_after=fine_tune_after(cfg),
             encoder_lr=cfg.encoder_lr or (cfg.lr / 10 if encoder_pretrained(cfg) else cfg.lr),
             attention_reg=cfg.attention_reg,
+            word_loss=cfg.word_loss,
             reinforce_weight=cfg.reinforce_weight,
             entropy_weight=cfg.entropy_weight,
             grad_clip=cfg.grad_clip,
