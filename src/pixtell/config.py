@@ -184,8 +184,15 @@ class CaptionTrainConfig(TrainerSettings):
         None, description="Force the annotation format [default: detected]"
     )
     images: Path | None = Field(None, description="Image folder [default: found beside DATA]")
-    model: Literal["show_attend_tell", "show_tell"] = Field(
-        "show_attend_tell", description="Caption model (see `pixtell models --task caption`)."
+    model: Literal["show_attend_tell", "show_tell", "blip"] = Field(
+        "show_attend_tell",
+        description="Caption model (see `pixtell models --task caption`), or blip: fine-tune "
+        "the pretrained BLIP named by --blip.",
+    )
+    blip: str = Field(
+        "Salesforce/blip-image-captioning-base",
+        description="--model blip: a Hugging Face BLIP checkpoint name or a local "
+        "save_pretrained directory.",
     )
     encoder: str = Field("small_cnn", description="Any classification backbone of the registry.")
     pretrained: bool | None = Field(

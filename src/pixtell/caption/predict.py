@@ -276,6 +276,15 @@ def predict(
     """
     if beam_size < 1:
         raise ValueError(f"--beam-size must be at least 1 (got {beam_size})")
+    from pixtell.caption.blip import is_blip_run, predict_blip  # blip.py imports this package
+
+    if is_blip_run(run):  # a fine-tuned BLIP (``caption train --model blip``)
+        if attention or backend != "torch":
+            raise ValueError("a BLIP run has no --attention maps and runs on --backend torch only")
+        got = predict_blip(
+            run, images, beam_size=beam_size, recursive=recursive, max_pixels=max_pixels
+        )
+        return [CaptionPrediction(g.path, g.caption, g.error) for g in got]
     if backend == "torch":
         cap = Captioner.from_run(run, max_pixels=max_pixels)
     else:  # the exported encoder and decoder step (``pixtell export``) on onnxruntime

@@ -262,5 +262,9 @@ def train(data: str | Path | None = None, **options: Any) -> Run:
     Settings: defaults < ``config_file`` < ``overrides`` (see ``CaptionTrainConfig``).
     ``resume`` continues a run from its ``last.ckpt``: only ``epochs``, ``patience`` and how
     it runs may change. The run holds ``vocab.json``, which ``model.json`` names.
+    ``model="blip"`` fine-tunes the pretrained BLIP named by ``blip`` (``caption/blip.py``).
     """
-    return engine.train(CaptionRecipe(), data, **options)
+    from pixtell.caption.blip import BlipRecipe, wants_blip  # blip.py imports this module
+
+    recipe = BlipRecipe() if wants_blip(options) else CaptionRecipe()
+    return engine.train(recipe, data, **options)
