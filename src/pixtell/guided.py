@@ -505,6 +505,7 @@ def plot_per_class(rows: Sequence[Mapping[str, Any]], out: Path) -> Path:
                     xytext=(4, 4), textcoords="offset points")  # fmt: skip
     if sc is not None:
         fig.colorbar(sc, ax=ax, label="label-mention rate")
+    ax.set_xlim(-0.05, 1.05)
     ax.set_xlabel("classifier accuracy")
     ax.set_ylabel("caption BLEU-4")
     ax.set_title("Per class: classifier accuracy vs caption BLEU-4")
