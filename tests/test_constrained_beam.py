@@ -15,7 +15,12 @@ from hypothesis import strategies as st
 from PIL import Image
 from torch import nn
 
-from pixtell.caption.decoding import Hypothesis, beam_search, constrained_beam_search
+from pixtell.caption.decoding import (
+    Hypothesis,
+    _compile_constraints,
+    beam_search,
+    constrained_beam_search,
+)
 from pixtell.caption.predict import Captioner
 from pixtell.caption.vocab import Vocabulary
 from pixtell.models import create
@@ -178,6 +183,32 @@ def test_max_len_is_respected_and_forces_the_phrase_in_time() -> None:
         constrained_beam_search(net, feats[:1], [[[4, END]]], beam_size=3)
     with pytest.raises(ValueError, match="constraint lists"):
         constrained_beam_search(net, feats, [[[4]]], beam_size=3)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(3, 5), min_size=1, max_size=3), min_size=1, max_size=3),
+    st.lists(st.integers(3, 6), max_size=7),
+)
+def test_automaton_tracks_containment_and_words_needed(
+    alts: list[list[int]], text: list[int]
+) -> None:
+    auto = _compile_constraints([alts], 8, [0, 1, 2], 20, torch.device("cpu"))
+    state = int(auto.root[0])
+    for i, tok in enumerate(text):
+        state = int(auto.table[state, auto.col[tok]])
+        seen = text[: i + 1]
+        assert (state == 0) == any(contains(seen, a) for a in alts)
+        # words needed: the shortest continuation (over words 3..6) that contains a phrase
+        need = next(
+            n
+            for n in range(4)
+            if any(
+                any(contains(seen + list(more), a) for a in alts)
+                for more in itertools.product(range(3, 7), repeat=n)
+            )
+        )
+        assert int(auto.need[state]) == need
 
 
 def occurrences(tokens: list[int], phrase: list[int]) -> list[int]:

@@ -1,6 +1,7 @@
-"""Caption decoding: greedy, batched beam search and its one-image reference.
+"""Caption decoding: greedy, batched beam search and its one-image reference, and lexically
+constrained beam search (every caption contains a given word or phrase).
 
-All three drive a model through ``prepare`` / ``init_state`` / ``step`` (see
+All of them drive a model through ``prepare`` / ``init_state`` / ``step`` (see
 :mod:`pixtell.models.captioning`) and return :class:`Hypothesis` objects. Call them on a
 model in ``eval()`` mode.
 
@@ -14,7 +15,8 @@ hypotheses are ranked by ``logprob / length ** length_penalty`` (length counts `
 The batched :func:`beam_search` runs every image and beam as one ``(B·K)`` batch: one
 ``step`` call per time step, with dead beam slots held at −inf. Token bans are
 "processors" ``(history (N, t), logprobs (N, V)) -> logprobs`` applied before selection,
-so other constraints (e.g. forcing a word) can plug in beside the built-in ones.
+so other constraints can plug in beside the built-in ones. Forcing a word needs more than a
+ban: :func:`constrained_beam_search` keeps per-beam progress and allocates the beam by it.
 """
 
 from __future__ import annotations
@@ -273,8 +275,9 @@ def beam_search_single(
 
 # -- lexically constrained beam search ------------------------------------------------------
 # Hand-written: transformers' constrained beam search (gone from its core in v5) only drives
-# its own ``generate`` models, and no library constrains a model stepped through
-# ``prepare`` / ``init_state`` / ``step``.
+# its own ``generate`` models, no library constrains a model stepped through ``prepare`` /
+# ``init_state`` / ``step``, and Aho-Corasick packages match strings without handing out the
+# transition table that the search needs as a tensor.
 
 
 @dataclass
@@ -290,6 +293,7 @@ class _Automaton:
     table: torch.Tensor  # (S, C + 1) long
     need: torch.Tensor  # (S,) long
     col: torch.Tensor  # (V,) long
+    words: torch.Tensor  # (C,) the word of each column
     root: torch.Tensor  # (B,) start state of each image (0 when it has no constraint)
     tokens: torch.Tensor  # (B, T) each image's constraint words, padded with -1
 
@@ -393,11 +397,43 @@ def _compile_constraints(
         torch.tensor(table, dtype=torch.long, device=device),
         torch.tensor(need, dtype=torch.long, device=device),
         col.to(device),
+        torch.tensor(words, dtype=torch.long, device=device),
         torch.tensor(roots, dtype=torch.long, device=device),
         torch.tensor(
             [t + [-1] * (width - len(t)) for t in tokens], dtype=torch.long, device=device
         ).view(len(tokens), width),
     )
+
+
+def _allocate(
+    cand: torch.Tensor,
+    cand_lp: torch.Tensor,
+    bank: torch.Tensor,
+    free: torch.Tensor,
+    n_banks: torch.Tensor,
+    k: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic beam allocation over candidates (B, M): ``free[b]`` slots split evenly between
+    the ``n_banks[b]`` banks (the remainder to the banks nearest satisfaction); a bank's
+    share goes to its best candidates, unused slots to the best of the rest. Returns the
+    scores with duplicates at -inf and the order of the ``k`` kept, shares first."""
+    M = cand.shape[1]
+    earlier = torch.ones(M, M, dtype=torch.bool, device=cand.device).tril(-1)  # [j, i]: i < j
+    dup = ((cand[:, :, None] == cand[:, None, :]) & earlier).any(dim=2)
+    cand_lp = cand_lp.masked_fill(dup, float("-inf"))
+    ok = torch.isfinite(cand_lp)
+    # place within its bank: the candidates before it by score, ties by position
+    ahead = (cand_lp[:, None, :] > cand_lp[:, :, None]) | (
+        (cand_lp[:, None, :] == cand_lp[:, :, None]) & earlier
+    )
+    place = (ahead & (bank[:, None, :] == bank[:, :, None]) & ok[:, None, :]).sum(dim=2)
+    share = torch.div(free, n_banks, rounding_mode="floor")[:, None] + (
+        bank >= (n_banks - free % n_banks)[:, None]
+    )
+    chosen = (ok & (place < share)).int()
+    order = cand_lp.argsort(dim=1, descending=True, stable=True)
+    order = order.gather(1, chosen.gather(1, order).argsort(dim=1, descending=True, stable=True))
+    return cand_lp, order[:, :k]
 
 
 @torch.no_grad()
@@ -458,19 +494,22 @@ def constrained_beam_search(
             committed = torch.zeros_like(cstate, dtype=torch.bool)
             levels = auto.need[auto.root]  # words needed at the start: banks 0..levels
             words = auto.tokens
-        need_now = auto.need[cstate]
-        need_next = auto.need[auto.table[cstate]][:, auto.col]  # (N, V) after each word
-        closer = need_next < need_now[:, None]
+        # words needed after each constraint word (columns; the last: any other word)
+        need_now, need_col = auto.need[cstate], auto.need[auto.table[cstate]]
+        closer_col = need_col < need_now[:, None]
         logprobs[:, list(forbid)] = float("-inf")
         if no_repeat_ngram > 0:
             repeats = no_repeat_ngram_mask(history, no_repeat_ngram, V)
             # a beam that took a banned word for its constraint must finish the phrase
             # there and then, so n-grams repeat only inside the phrase
-            banned = (repeats | committed[:, None]) & ~closer
+            banned = repeats | committed[:, None]
+            banned[:, auto.words] &= ~closer_col[:, :-1]  # only constraint words get closer
             logprobs = logprobs.masked_fill(banned, float("-inf"))
         for proc in processors:
             logprobs = proc(history, logprobs)
-        logprobs = logprobs.masked_fill(need_next > max_len - t - 1, float("-inf"))
+        late = need_col > max_len - t - 1  # too few steps left to finish after that word
+        if late.any():
+            logprobs = logprobs.masked_fill(late[:, auto.col], float("-inf"))
         logprobs[:, end] = logprobs[:, end].masked_fill(need_now > 0, float("-inf"))
         if beam_lp is None:
             beam_lp = logprobs.new_full((B, K), float("-inf"))
@@ -481,43 +520,24 @@ def constrained_beam_search(
         # constraint the selection below is exactly beam_search's
         top_lp, top_idx = total.view(nb, K * V).topk(K, dim=1)
         w = words[:, None, :].expand(nb, K, words.shape[1]).clamp(min=0)
-        fwd_lp = total.gather(2, w).masked_fill(
-            ~(closer.view(nb, K, V).gather(2, w) & (words[:, None, :] >= 0)), float("-inf")
-        )
+        fwd = closer_col.view(nb, K, -1).gather(2, auto.col[w]) & (words[:, None, :] >= 0)
+        fwd_lp = total.gather(2, w).masked_fill(~fwd, float("-inf"))
         best_lp, best_tok = total.max(dim=2)
         cand_lp = torch.cat([top_lp, fwd_lp.view(nb, -1), best_lp], dim=1)
         cand = torch.cat(
             [top_idx, (rank[None, :, None] * V + w).view(nb, -1), rank * V + best_tok], 1
         )
-        M = cand.shape[1]
-        earlier = torch.ones(M, M, dtype=torch.bool, device=dev).tril(-1)  # [j, i]: i < j
-        dup = ((cand[:, :, None] == cand[:, None, :]) & earlier).any(dim=2)
-        cand_lp = cand_lp.masked_fill(dup, float("-inf"))
         rows = base + torch.div(cand, V, rounding_mode="floor")
-        bank = levels[:, None] - need_next[rows, cand % V]
-        ok = torch.isfinite(cand_lp)
-        # rank within its bank by score, ties by position; bank j's share of the free slots
-        ahead = (cand_lp[:, None, :] > cand_lp[:, :, None]) | (
-            (cand_lp[:, None, :] == cand_lp[:, :, None]) & earlier
-        )
-        in_bank = (ahead & (bank[:, None, :] == bank[:, :, None]) & ok[:, None, :]).sum(dim=2)
-        free, n_banks = K - n_done, levels + 1
-        share = torch.div(free, n_banks, rounding_mode="floor")[:, None] + (
-            bank >= (n_banks - free % n_banks)[:, None]
-        )
-        chosen = ok & (in_bank < share)
-        order = cand_lp.argsort(dim=1, descending=True, stable=True)
-        order = order.gather(
-            1, chosen.gather(1, order).int().argsort(dim=1, descending=True, stable=True)
-        )
-        order = order[:, :K]
+        bank = levels[:, None] - need_col[rows, auto.col[cand % V]]
+        cand_lp, order = _allocate(cand, cand_lp, bank, K - n_done, levels + 1, K)
         top_lp, top_idx = cand_lp.gather(1, order), cand.gather(1, order)
         src = (base + torch.div(top_idx, V, rounding_mode="floor")).view(-1)
         new_tok = top_idx % V
+        new_col = auto.col[new_tok.view(-1)]
         if no_repeat_ngram > 0:
             took_banned = repeats[src, new_tok.view(-1)]
-            committed = (committed[src] | took_banned) & (need_next[src, new_tok.view(-1)] > 0)
-        cstate = auto.table[cstate[src], auto.col[new_tok.view(-1)]]
+            committed = (committed[src] | took_banned) & (need_col[src, new_col] > 0)
+        cstate = auto.table[cstate[src], new_col]
         valid = (rank[None] < (K - n_done)[:, None]) & torch.isfinite(top_lp)
         ends = valid & (new_tok == end)
         close = ends | valid if t == max_len - 1 else ends
