@@ -465,6 +465,41 @@ def classify_sort(
         console.print(escape(f"undo with: pixtell classify sort --undo {_quote(res.manifest)}"))
 
 
+@classify_app.command("zero-shot")
+def classify_zero_shot(
+    data: Annotated[Path, typer.Argument(help="Folder of class folders (DATA/<class>/<image>).")],
+    clip: Annotated[
+        str, typer.Option(help="CLIP checkpoint: a Hugging Face name or a local directory.")
+    ] = "openai/clip-vit-base-patch32",
+    prompts: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Prompt template with {} for the class name; repeat for an ensemble. "
+            '[default: "a photo of a {}"]',
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Parent folder of run directories.")] = Path("runs"),
+    name: Annotated[
+        str | None, typer.Option(help="Run name [default: zero-shot, numbered]", show_default=False)
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 64,
+) -> None:
+    """Classify DATA by its class names with CLIP (no training); writes an evaluated run."""
+    from pixtell import classify
+
+    with _friendly_errors():
+        run = classify.zero_shot(
+            data,
+            clip=clip,
+            prompts=prompts or ["a photo of a {}"],
+            out=out,
+            name=name,
+            batch_size=batch_size,
+        )
+    console.print(escape(f"run: {run.dir} (use it as --model of classify predict / sort)"))
+
+
 # -- shared commands -------------------------------------------------------------------------
 @app.command("models")
 def models_cmd(

@@ -60,6 +60,16 @@ class ClassifyTrainConfig(TrainerSettings):
 
     data: Path = Field(description="Folder of class folders (DATA/<class>/<image>).")
     model: str = Field("mobilenet_v3_small", description="Architecture (see `pixtell models`).")
+    mode: Literal["hybrid", "cnn", "clip"] = Field(
+        "hybrid",
+        description="--model hybrid: MobileNetV3 + CLIP features (hybrid), MobileNetV3 only "
+        "(cnn) or CLIP only (clip).",
+    )
+    clip: str = Field(
+        "openai/clip-vit-base-patch32",
+        description="CLIP checkpoint for --model hybrid / clip_linear: a Hugging Face name or a "
+        "local save_pretrained directory.",
+    )
     pretrained: bool | None = Field(
         None, description="Start from ImageNet weights [default: when the model has them]"
     )

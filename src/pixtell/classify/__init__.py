@@ -5,6 +5,7 @@ from pixtell.classify.predict import image_listing, image_paths, predict, sort
 from pixtell.classify.predictor import Classifier, Prediction
 from pixtell.classify.sort import SortResult, UndoResult, undo_sort
 from pixtell.classify.train import ClassifyRecipe, train
+from pixtell.classify.zeroshot import zero_shot
 from pixtell.engine import TrainingInterrupted
 from pixtell.runs import Run
 
@@ -24,4 +25,5 @@ __all__ = [
     "sort",
     "train",
     "undo_sort",
+    "zero_shot",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -37,6 +38,27 @@ class ImageListDataset(Dataset):
         return (self.transform(img) if self.transform else img), s.label
 
 
+class ClipFeatureDataset(Dataset):
+    """Adds each sample's cached CLIP feature row to the image: ``((image, clip), label, ...)``.
+
+    Without a ``base`` (models that look only at CLIP features) no image is decoded: the
+    image is an empty tensor.
+    """
+
+    def __init__(self, base: Dataset | None, labels: Sequence[int], features: Any) -> None:
+        self.base, self.labels = base, list(labels)
+        self.features = torch.as_tensor(features, dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple:
+        if self.base is None:
+            return (torch.zeros(0), self.features[i]), self.labels[i]
+        x, *rest = self.base[i]
+        return ((x, self.features[i]), *rest)
+
+
 def default_workers() -> int:
     """CPUs - 1, at most 4 (one core stays with the training loop)."""
     return max(0, min(4, (os.cpu_count() or 1) - 1))
@@ -64,6 +86,8 @@ class ClassifyDataModule(L.LightningDataModule):
         balanced_sampler: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         seed: int = 0,
+        clip_features: dict[str, Any] | None = None,
+        use_images: bool = True,
     ) -> None:
         super().__init__()
         self.splits, self.num_classes = splits, num_classes
@@ -72,11 +96,17 @@ class ClassifyDataModule(L.LightningDataModule):
         self.num_workers = default_workers() if num_workers is None else num_workers
         self.balanced_sampler, self.max_pixels, self.seed = balanced_sampler, max_pixels, seed
         self.start_epoch = 0  # set by the engine when a run is resumed
+        # hybrid / clip_linear: CLIP feature rows per split, aligned with its samples
+        self.clip_features, self.use_images = clip_features, use_images
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         ds = ImageListDataset(
             self.splits[split], self.train_tf if train else self.eval_tf, self.max_pixels
         )
+        if self.clip_features is not None:
+            labels = [s.label for s in self.splits[split]]
+            base = ds if self.use_images else None
+            ds = ClipFeatureDataset(base, labels, self.clip_features[split])
         if not train:
             return DataLoader(
                 ds,

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from pixtell.models import clip as _clip  # noqa: F401  (registers hybrid, clip_linear)
 from pixtell.models import create, get_spec
 from pixtell.optim import build_optimizer, optimizer_config
 
@@ -40,11 +41,17 @@ class ClassifierModule(L.LightningModule):
         class_weights: list[float] | None = None,
         monitor: str = "val_loss",
         patience: int = 0,
+        arch_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = create(
-            arch, "classify", num_classes=num_classes, pretrained=pretrained, weights=weights
+            arch,
+            "classify",
+            num_classes=num_classes,
+            pretrained=pretrained,
+            weights=weights,
+            **(arch_kwargs or {}),
         )
         self.head_prefix = get_spec(arch, "classify").head
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
@@ -82,8 +89,9 @@ class ClassifierModule(L.LightningModule):
         self.train()
 
     # -- steps ----------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    def forward(self, x: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        # hybrid / clip_linear batches carry (image, CLIP features)
+        return self.net(*x) if isinstance(x, list | tuple) else self.net(x)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch

@@ -15,6 +15,7 @@ from torchvision.transforms import v2
 from pixtell.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 from pixtell.data.transforms import build_eval_transform, build_full_image_transform
 from pixtell.models import load_model
+from pixtell.models.clip import ClipFeatureSource
 from pixtell.runs import Run
 
 TTA = Literal["none", "flip", "multiscale", "dense"]
@@ -100,6 +101,10 @@ class Classifier:
         self.classes: list[str] = meta["class_names"]
         # the limit the run was trained with, unless the caller sets another
         self.max_pixels: int = max_pixels or meta.get("max_pixels") or DEFAULT_MAX_PIXELS
+        # hybrid / clip_linear: CLIP features of new images, from the cache or computed
+        self.clip = (
+            ClipFeatureSource(meta["clip"], meta.get("clip_key")) if meta.get("clip") else None
+        )
 
     @classmethod
     def from_run(
@@ -117,20 +122,35 @@ class Classifier:
     def view_transform(self, tta: str = "none") -> ViewTransform:
         return ViewTransform(tta, self.meta["img_size"], self.meta["mean"], self.meta["std"])
 
+    def _forward(self, x: torch.Tensor, clip: torch.Tensor | None) -> torch.Tensor:
+        if clip is None:
+            return self.model(x.to(self.device))
+        return self.model(x.to(self.device), clip.to(self.device))
+
     @torch.inference_mode()
-    def probs_for_views(self, views: list[list[torch.Tensor]]) -> torch.Tensor:
-        """Softmax averaged over each image's views → (N, C)."""
+    def probs_for_views(
+        self, views: list[list[torch.Tensor]], clip: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Softmax averaged over each image's views → (N, C); ``clip`` [N, D] is each
+        image's CLIP features (the same for all its views) for models that take them."""
         shapes = {v.shape for vs in views for v in vs}
         if len(shapes) == 1:  # one batched forward pass
-            flat = torch.stack([v for vs in views for v in vs]).to(self.device)
-            p = self.model(flat).softmax(-1).float().cpu()
+            flat = torch.stack([v for vs in views for v in vs])
+            rep = None if clip is None else clip.repeat_interleave(len(flat) // len(views), 0)
+            p = self._forward(flat, rep).softmax(-1).float().cpu()
             return p.view(len(views), -1, p.shape[-1]).mean(1)
         return torch.stack(
             [
                 torch.cat(
-                    [self.model(v[None].to(self.device)).softmax(-1).float().cpu() for v in vs]
+                    [
+                        self._forward(v[None], None if clip is None else clip[j : j + 1])
+                        .softmax(-1)
+                        .float()
+                        .cpu()
+                        for v in vs
+                    ]
                 ).mean(0)
-                for vs in views
+                for j, vs in enumerate(views)
             ]
         )
 
@@ -149,9 +169,13 @@ class Classifier:
             num_workers=num_workers,
             collate_fn=_collate,
         )
+        feats = None
+        if self.clip is not None:
+            feats = torch.from_numpy(self.clip.features(paths, progress=len(paths) > batch_size)[0])
         for batch in loader:
             good = [(i, v) for i, v in batch if not isinstance(v, str)]
-            probs = self.probs_for_views([v for _, v in good]) if good else []
+            clip = None if feats is None else feats[[i for i, _ in good]]
+            probs = self.probs_for_views([v for _, v in good], clip) if good else []
             by_index = {i: p for (i, _), p in zip(good, probs, strict=True)}
             for i, v in batch:
                 yield i, (v if isinstance(v, str) else by_index[i])

@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 
 from pixtell import engine
@@ -15,6 +16,7 @@ from pixtell.config import ClassifyTrainConfig
 from pixtell.data.folders import ImageFolderScan, read_split, scan_image_folder, write_split
 from pixtell.data.transforms import build_eval_transform, build_train_transform
 from pixtell.models import get_spec
+from pixtell.models.clip import ClipEncoder, load_clip, uses_clip, uses_image
 from pixtell.runs import Run
 
 SPLIT_FILE = "split.json"
@@ -61,6 +63,7 @@ class ClassifyRecipe(engine.Recipe):
                 f"{cfg.data}: too few images to make train and validation splits "
                 f"({sum(len(v) for v in scan.splits.values())} readable images)"
             )
+        self._clip_encoder(cfg)  # an unavailable --clip fails here, before the run directory
         return scan
 
     def save_data(self, run_dir: Path, data: ImageFolderScan) -> None:
@@ -68,6 +71,48 @@ class ClassifyRecipe(engine.Recipe):
 
     def load_data(self, run_dir: Path, cfg: ClassifyTrainConfig) -> ImageFolderScan:
         return read_split(run_dir / SPLIT_FILE)
+
+    # -- CLIP features (--model hybrid / clip_linear) ---------------------------------------
+    def _clip_encoder(self, cfg: ClassifyTrainConfig) -> ClipEncoder | None:
+        """The frozen CLIP of --clip (loaded once), or None when the model takes no CLIP."""
+        if not uses_clip(cfg.model, cfg.mode):
+            return None
+        if getattr(self, "_clip", None) is None:
+            self._clip = load_clip(cfg.clip, text=False)
+        return self._clip
+
+    def _arch_kwargs(self, cfg: ClassifyTrainConfig) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"mode": cfg.mode} if cfg.model == "hybrid" else {}
+        encoder = self._clip_encoder(cfg)
+        if encoder is not None:
+            kwargs["clip_dim"] = encoder.dim
+        return kwargs
+
+    def _clip_features(
+        self, cfg: ClassifyTrainConfig, data: ImageFolderScan
+    ) -> dict[str, Any] | None:
+        """CLIP features of every split, computed once (cached on disk by content)."""
+        encoder = self._clip_encoder(cfg)
+        if encoder is None:
+            return None
+        names = list(data.splits)
+        paths = [s.path for name in names for s in data.splits[name]]
+        feats, problems = encoder.features(paths, progress=cfg.progress)
+        for path, reason in problems:
+            console.print(f"[yellow]no CLIP features[/] for {path}: {reason} (zeros used)")
+        feats[~np.isfinite(feats).all(1)] = 0.0
+        bounds = np.cumsum([0] + [len(data.splits[name]) for name in names])
+        return {name: feats[bounds[i] : bounds[i + 1]] for i, name in enumerate(names)}
+
+    def _clip_meta(self, cfg: ClassifyTrainConfig) -> dict[str, Any]:
+        """What ``model.json`` needs to rebuild the model and find its CLIP features."""
+        if cfg.model not in ("hybrid", "clip_linear"):
+            return {}
+        meta: dict[str, Any] = {"arch_kwargs": self._arch_kwargs(cfg)}
+        encoder = self._clip_encoder(cfg)
+        if encoder is not None:
+            meta.update(clip=encoder.name, clip_key=encoder.key)
+        return meta
 
     def describe(self, cfg: ClassifyTrainConfig, data: ImageFolderScan) -> None:
         counts = {part: Counter(s.label for s in data.splits[part]) for part in data.splits}
@@ -119,6 +164,7 @@ class ClassifyRecipe(engine.Recipe):
             pretrained=self.wants_pretrained(cfg),
             weights=str(cfg.weights) if cfg.weights else None,
             class_weights=weights,
+            arch_kwargs=self._arch_kwargs(cfg),
             **hparams,
         )
 
@@ -149,6 +195,8 @@ class ClassifyRecipe(engine.Recipe):
             balanced_sampler=cfg.balance == "sampler",
             max_pixels=cfg.max_pixels,
             seed=cfg.seed,
+            clip_features=self._clip_features(cfg, data),
+            use_images=uses_image(cfg.model, cfg.mode),
         )
 
     def monitor(self, cfg: ClassifyTrainConfig) -> tuple[str, str]:
@@ -165,6 +213,7 @@ class ClassifyRecipe(engine.Recipe):
             "mean": list(spec.mean),
             "std": list(spec.std),
             "max_pixels": cfg.max_pixels,
+            **self._clip_meta(cfg),
         }
 
     def steps_per_epoch(self, cfg: ClassifyTrainConfig, data: ImageFolderScan) -> int:
