@@ -242,6 +242,20 @@ def test_phrase_banned_by_no_repeat_ngram_is_placed_once(
                 seen.add(gram)
 
 
+def test_extra_processors_apply_as_in_beam_search() -> None:
+    net = random_model("soft", 6)
+    feats = feats_for(net, 4, 6)
+
+    def ban_five(history: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
+        logprobs[:, 5] = float("-inf")
+        return logprobs
+
+    kw = dict(beam_size=3, max_len=7, n_best=3, processors=[ban_five])
+    same(constrained_beam_search(net, feats, [[]] * 4, **kw), beam_search(net, feats, **kw))
+    for hyps in constrained_beam_search(net, feats, [[[6]], [[7, 8]], [[5], [8]], []], **kw):
+        assert hyps and all(5 not in h.tokens for h in hyps)
+
+
 def best_by_enumeration(
     net: nn.Module, feats: torch.Tensor, alts: list[list[int]], max_len: int, alpha: float
 ) -> tuple[list[int], float]:
@@ -337,11 +351,12 @@ def tiny_captioner() -> Captioner:
 def test_captioner_constraint_ids_and_decode(tmp_path) -> None:  # noqa: ANN001
     cap = tiny_captioner()
     with pytest.warns(RuntimeWarning) as caught:
-        ids = cap.constraint_ids(["Traffic light", "purple square", "circle", "  "])
-    assert [str(w.message) for w in caught] == [
+        ids = cap.constraint_ids(["Traffic light", "purple square", "circle", "  ", "<unk>"])
+    assert [str(w.message) for w in caught][:2] == [
         "constraint 'purple square' dropped: unknown words ['purple']",
         "constraint '  ' dropped: no words",
     ]
+    assert len(caught) == 3 and "'<unk>' dropped" in str(caught[2].message)
     s = cap.vocab.stoi
     assert ids == [[s["traffic"], s["light"]], [s["circle"]]]
     paths = []

@@ -17,7 +17,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torchvision.transforms import v2
 
 from pixtell.caption.decoding import Hypothesis, beam_search, constrained_beam_search, greedy
-from pixtell.caption.vocab import PAD, Vocabulary, tokenize
+from pixtell.caption.vocab import PAD, SPECIALS, Vocabulary, tokenize
 from pixtell.data.folders import list_images
 from pixtell.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 from pixtell.data.transforms import build_eval_transform
@@ -102,13 +102,14 @@ class Captioner:
     def constraint_ids(self, phrases: Sequence[str]) -> list[list[int]]:
         """Word phrases (a label and its synonyms) → id sequences for ``decode(constraints=)``.
 
-        A phrase with a word outside the vocabulary (or no word at all) can never be
-        generated: it is dropped with a ``RuntimeWarning`` naming the words.
+        A phrase with a word outside the vocabulary (or a special token, or no word at all)
+        can never be generated: it is dropped with a ``RuntimeWarning`` naming the words.
         """
         ids: list[list[int]] = []
         for phrase in phrases:
             words = tokenize(phrase)
-            unknown = [w for w in words if w not in self.vocab.stoi]
+            # <unk> and the other special tokens are never a word to force
+            unknown = [w for w in words if self.vocab.stoi.get(w, 0) < len(SPECIALS)]
             if not words or unknown:
                 why = f"unknown words {unknown}" if unknown else "no words"
                 warnings.warn(f"constraint {phrase!r} dropped: {why}", RuntimeWarning, 2)
