@@ -50,7 +50,7 @@ def tiny_blip(scenes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-blip")
     with open(scenes / "captions.txt", newline="") as f:
         words = {w for row in csv.DictReader(f) for w in tokenize(row["caption"])}
-    words |= {"a", "photo", "of", "dog", "picture"}
+    words |= {"a", "photo", "of", "dog", "picture", ".", ",", ":"}  # BERT keeps punctuation
     vocab = SPECIALS + sorted(words) + ["##s"]
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tokenizer = transformers.BertTokenizer(
