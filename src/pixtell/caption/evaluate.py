@@ -215,7 +215,8 @@ def _examples_page(
 
 def _eval_report(run: Run, out_dir: Path, metrics: dict[str, Any], examples: Path) -> Path:
     cfg = run.config
-    summary = run_summary(run, encoder=cfg.get("encoder", ""), attention=cfg.get("attention", ""))
+    arch = {"encoder": cfg.get("encoder", ""), "attention": cfg.get("attention", "")}
+    summary = run_summary(run, **({} if cfg.get("model") == "blip" else arch))
     table = {METRIC_NAMES.get(k, k): v for k, v in metrics.items() if k in METRIC_NAMES}
     sections = [
         Section("Run", table=summary),

@@ -30,6 +30,11 @@ def load_model(path: str | Path | Run) -> tuple[nn.Module, dict[str, Any]]:
     with its metadata."""
     run_dir = run_dir_holding(path.dir if isinstance(path, Run) else path, META_FILE)
     meta = json.loads((run_dir / META_FILE).read_text())
+    if meta.get("arch") == "blip":
+        raise ValueError(
+            f"{run_dir} is a fine-tuned BLIP run: it works with `pixtell caption predict` and "
+            "`pixtell caption evaluate` (export, serve and profile do not take BLIP runs yet)"
+        )
     model = create(
         meta["arch"],
         meta["task"],
