@@ -237,3 +237,10 @@ def test_fine_tune_one_epoch_and_reload_for_predict(
     assert preds[0].caption == fine.caption([image], beam_size=2)[0].caption
     res = caption.evaluate(run, split="val", beam_size=2, meteor=False)
     assert res.metrics["n"] >= 1 and (res.dir / "metrics.json").is_file()
+    # export / serve / profile rebuild registry models: a BLIP run is refused in one line
+    from pixtell.models.io import load_model
+
+    with pytest.raises(ValueError, match="caption predict"):
+        load_model(run)
+    report = (res.dir / "report.html").read_text(encoding="utf-8")
+    assert "small_cnn" not in report  # the unused encoder setting is not shown for BLIP
