@@ -465,6 +465,74 @@ def classify_sort(
         console.print(escape(f"undo with: pixtell classify sort --undo {_quote(res.manifest)}"))
 
 
+@classify_app.command("inspect")
+def classify_inspect(
+    data: Annotated[
+        Path | None, typer.Argument(help="Folder of class folders (DATA/<class>/<image>).")
+    ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            help="Run directory: use its probabilities on images it did not train on, and "
+            "look for copies across its train/val/test split."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Folder for the findings [default: runs/inspect/<DATA name>]."),
+    ] = None,
+    folds: Annotated[
+        int, typer.Option(min=2, help="Cross-validation folds for finding label errors.")
+    ] = 5,
+    fix: Annotated[
+        Path | None,
+        typer.Option(
+            help="Move the files of this (edited) label_issues.csv into their suggested class."
+        ),
+    ] = None,
+    undo: Annotated[
+        Path | None, typer.Option(help="Undo a --fix: put every file of this manifest back.")
+    ] = None,
+) -> None:
+    """Find duplicates, leaks, likely label errors and outliers in DATA; DATA is not changed."""
+    from pixtell.classify.inspect import fix as fix_labels
+    from pixtell.classify.inspect import inspect as inspect_data
+    from pixtell.classify.inspect import undo_fix
+
+    with _friendly_errors():
+        if undo is not None:
+            res = undo_fix(undo)
+            console.print(f"restored {res.restored} files; {len(res.problems)} problems")
+            for path, reason in res.problems:
+                err.print(f"[yellow]problem[/] {escape(str(path))}: {escape(reason)}")
+            raise typer.Exit(1 if res.problems else 0)
+        if data is None:
+            raise ValueError(
+                "inspect needs DATA (usage: pixtell classify inspect DATA [--model RUN] "
+                "[--out DIR]; DATA --fix CSV; or --undo MANIFEST)"
+            )
+        if fix is not None:
+            moved = fix_labels(fix, data)
+            for path, reason in moved.skipped:
+                err.print(f"[yellow]skipped[/] {escape(str(path))}: {escape(reason)}")
+            console.print(
+                escape(f"{len(moved.placements)} files moved; manifest: {moved.manifest}")
+            )
+            console.print(
+                escape(f"undo with: pixtell classify inspect --undo {_quote(moved.manifest)}")
+            )
+            return
+        res = inspect_data(data, model=model, out=out, folds=folds)
+    table = Table("finding", "count")
+    for key in ("images", "unreadable", "label_issues", "exact_duplicate_groups"):
+        table.add_row(key.replace("_", " "), str(res.counts[key]))
+    for key in ("near_duplicate_groups", "label_conflict_groups", "leak_groups", "outliers"):
+        table.add_row(key.replace("_", " "), str(res.counts[key]))
+    console.print(table)
+    console.print(f"label errors from: {escape(res.method)}")
+    console.print(f"report: {escape(str(res.report))}")
+
+
 @classify_app.command("zero-shot")
 def classify_zero_shot(
     data: Annotated[Path, typer.Argument(help="Folder of class folders (DATA/<class>/<image>).")],

@@ -17,7 +17,7 @@ import os
 import shutil
 import signal
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -38,6 +38,7 @@ __all__ = [
     "SortInterrupted",
     "SortResult",
     "UndoResult",
+    "move_files",
     "sort_folder",
     "undo_sort",
 ]
@@ -712,3 +713,65 @@ def undo_sort(manifest: Path, *, progress: bool = True) -> UndoResult:
     if not result.problems:
         _mark_undone(manifest)
     return result
+
+
+# --------------------------------------------------------------------------- moves chosen elsewhere
+
+
+def move_files(
+    moves: Sequence[tuple[Path, Path]],
+    *,
+    root: Path,
+    manifest: Path,
+    header: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> SortResult:
+    """Move each ``(file, folder)`` into ``folder`` with the same safety, manifest and
+    :func:`undo_sort` as a sort (e.g. files relabelled by ``classify inspect --fix``).
+
+    Nothing is overwritten (a taken name becomes ``name_1.ext``); symlinks and files that cannot
+    be moved stay and are reported in ``skipped``. ``root`` is the manifest's ``out``: folders
+    below it that undo leaves empty are removed. ``header`` adds fields to the manifest header.
+    """
+    root = Path(root).resolve()
+    head = {
+        "type": "header",
+        "version": MANIFEST_VERSION,
+        "inbox": str(root),
+        "out": str(root),
+        "move": True,
+        "created": datetime.now().astimezone().isoformat(timespec="seconds"),
+    } | (header or {})
+    result = SortResult(manifest=manifest, counts={}, skipped=[], dry_run=False, moved=True)
+    writer = _ManifestWriter(Path(manifest).resolve(), head)
+    result.manifest = writer.path
+    try:
+        with _progress(progress) as bar:
+            task = bar.add_task("Moving", total=len(moves))
+            for src, folder in moves:
+                with _sigint_deferred():
+                    _move_one(Path(src), Path(folder), result, writer)
+                bar.advance(task)
+    except KeyboardInterrupt as exc:
+        raise SortInterrupted(result) from exc
+    finally:
+        writer.close()
+    return result
+
+
+def _move_one(src: Path, folder: Path, result: SortResult, writer: _ManifestWriter) -> None:
+    name = folder.name
+    try:
+        if src.is_symlink():
+            raise ValueError(_SYMLINK_REASON)
+        folder.mkdir(parents=True, exist_ok=True)
+        dest, sha = _transfer(src, folder / src.name, move=True)
+    except (OSError, ValueError) as exc:
+        reason = str(exc) or type(exc).__name__
+        result.skipped.append((src, reason))
+        writer.write(_entry(src, sha256=_sha_or_none(src), reason=reason))
+        return
+    result.counts[name] = result.counts.get(name, 0) + 1
+    result.placements.append(Placement(src, dest, name, math.nan))
+    fields = {"class": name, "destination": str(dest), "sha256": sha}
+    writer.write(_entry(src, **fields, action="move", status="done"))
