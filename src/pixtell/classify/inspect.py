@@ -9,6 +9,7 @@ suggested class folders, recorded in a manifest that ``undo_sort`` (``--undo``) 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import re
 import warnings
@@ -93,7 +94,9 @@ def _collect(data: Path) -> tuple[list[str], list[tuple[Path, str, str | None]],
     for split in SPLITS:
         if not (data / split).is_dir():
             continue
-        part = scan_image_folder(data / split, fractions=(1.0, 0.0, 0.0), verify=False)
+        part = scan_image_folder(
+            data / split, fractions=(1.0, 0.0, 0.0), verify=False, progress=False
+        )
         classes |= set(part.classes)
         files += [(s.path, part.classes[s.label], split) for s in part.splits["train"]]
         skipped += part.skipped
@@ -174,7 +177,10 @@ def _oof_probs(
     from sklearn.model_selection import StratifiedKFold
 
     probs = np.zeros((len(labels), k))
-    n_splits = max(2, min(folds, len(labels)))
+    # StratifiedKFold needs at least n_splits members in the largest class
+    n_splits = min(folds, int(np.bincount(labels).max()))
+    if n_splits < 2:
+        return np.full((len(labels), k), 1.0 / k)  # one image per class: nothing to learn from
     splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -320,6 +326,11 @@ def inspect(
     centroid above ``outlier_z``), class imbalance, image sizes and unreadable files.
     ``out`` defaults to a new ``runs/inspect/<DATA name>``.
     """
+    missing = [m for m in ("sklearn", "imagehash") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(
+            f"classify inspect needs {' and '.join(missing)}: pip install 'pixtell[inspect]'"
+        )
     data = Path(data).expanduser().resolve()
     if folds < 2:
         raise ValueError(f"--folds must be at least 2 (got {folds})")

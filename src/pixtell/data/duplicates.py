@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import imagehash
 import numpy as np
 from PIL import Image
 
@@ -42,6 +41,8 @@ class DuplicateGroup:
 
 def perceptual_hash(image: Image.Image, hash_size: int = DEFAULT_HASH_SIZE) -> np.ndarray:
     """imagehash's ``phash`` packed into ``hash_size**2 / 8`` bytes (uint8)."""
+    import imagehash  # optional: the ``inspect`` extra
+
     return np.packbits(imagehash.phash(image, hash_size=hash_size).hash.ravel())
 
 
