@@ -199,8 +199,18 @@ def test_clip_linear_probe_and_feature_cache_hit(
 
     new = tmp_path / "new"
     make_classification_folder(new, n_per_class=1, img_size=40, seed=7, progress=False)
-    preds = classify.predict(run, new, recursive=True)
+    preds = classify.predict(run, new, recursive=True, topk=6, tta="flip")
     assert sum(encode_calls) == 6 and all(p.error is None for p in preds)
+    # each image got its own features in the batch: the probe applied to CLIP's embedding
+    enc = load_clip(str(tiny_clip), text=False)
+    with torch.no_grad():
+        logits = net(None, enc.embed_images([Image.open(p.path).convert("RGB") for p in preds]))
+    classes = json.loads((run.dir / "model.json").read_text())["class_names"]
+    probs = logits.softmax(-1)
+    assert torch.cdist(probs, probs).fill_diagonal_(1).min() > 1e-3  # images tell apart
+    for p, expected in zip(preds, probs, strict=True):
+        got = dict(p.topk)
+        assert [got[c] for c in classes] == pytest.approx(expected.tolist(), abs=1e-4)
 
 
 def test_cache_key_follows_the_weights(tiny_clip: Path, tmp_path: Path) -> None:
