@@ -134,6 +134,8 @@ def test_inspect_finds_duplicates_within_and_across_classes(tmp_path: Path) -> N
     shutil.copy(data / "amber" / "amber_01.png", data / "amber" / "copy.png")  # within a class
     near_copy(data / "blue" / "blue_02.png", data / "violet" / "blue_look.jpg")  # conflict
     (data / "green" / "broken.png").write_bytes(b"\x89PNG not really")
+    checker = (np.indices((48, 48)).sum(0) // 4 % 2 * 255).astype(np.uint8)
+    Image.fromarray(checker).convert("RGB").save(data / "green" / "odd_one.png")  # an outlier
     before = tree(data)
     res = inspect(data, out=tmp_path / "out", folds=3, progress=False)
     assert tree(data) == before
@@ -152,7 +154,10 @@ def test_inspect_finds_duplicates_within_and_across_classes(tmp_path: Path) -> N
     assert counts["exact_duplicate_groups"] == 1 and counts["near_duplicate_groups"] == 1
     assert counts["label_conflict_groups"] == 1 and counts["leak_groups"] == 0
     assert counts["unreadable"] == 1 and res.unreadable[0][0].name == "broken.png"
-    assert counts["images"] == 4 * 20 + 2
+    assert counts["images"] == 4 * 20 + 3
+    assert counts["classes"] == {"amber": 21, "blue": 20, "green": 21, "violet": 21}
+    assert res.outliers[0][0].name == "odd_one.png"
+    assert read_csv(res.dir / "outliers.csv")[0]["path"] == "green/odd_one.png"
     html = (res.dir / "report.html").read_text()
     assert "data:image/png;base64" in html and "Duplicates" in html
     assert (res.dir / "sizes.png").is_file() and (res.dir / "classes.png").is_file()
