@@ -114,6 +114,12 @@ class ClassifyTrainConfig(TrainerSettings):
         None, ge=1, description="Use at most N images per class."
     )
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Refuse larger images.")
+    cache: Literal["auto", "none", "ram", "disk"] = Field(
+        "auto",
+        description="Decode images once (uint8) and augment whole batches: ram, disk "
+        "(memory-mapped, reused across runs) or none; auto: ram when it fits 2 GiB, else disk, "
+        "none for --augment rrc or images stored above 128 px.",
+    )
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> ClassifyTrainConfig:

@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from pixtell.data.decoded import BatchAugment, DecodedDataset, DecodedImages
 from pixtell.data.folders import Sample
 from pixtell.data.images import DEFAULT_MAX_PIXELS, load_image
 from pixtell.data.sampling import seeded_loader
@@ -24,17 +25,19 @@ class ImageListDataset(Dataset):
         samples: Sequence[Sample],
         transform: Callable | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        min_size: int | None = None,
     ) -> None:
         self.samples = list(samples)
         self.transform = transform
         self.max_pixels = max_pixels
+        self.min_size = min_size  # load_image's scaled JPEG decoding
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         s = self.samples[i]
-        img = load_image(s.path, max_pixels=self.max_pixels)
+        img = load_image(s.path, max_pixels=self.max_pixels, min_size=self.min_size)
         return (self.transform(img) if self.transform else img), s.label
 
 
@@ -86,6 +89,10 @@ class ClassifyDataModule(L.LightningDataModule):
         balanced_sampler: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         seed: int = 0,
+        min_size: int | None = None,
+        cache: str = "none",
+        batch_augment: BatchAugment | None = None,
+        cache_root: str | None = None,
         clip_features: dict[str, Any] | None = None,
         use_images: bool = True,
     ) -> None:
@@ -98,11 +105,56 @@ class ClassifyDataModule(L.LightningDataModule):
         self.start_epoch = 0  # set by the engine when a run is resumed
         # hybrid / clip_linear: CLIP feature rows per split, aligned with its samples
         self.clip_features, self.use_images = clip_features, use_images
+        self.min_size = min_size
+        # --cache ram|disk: decoded uint8 squares, augmented per batch on the training device
+        self.cache, self.batch_augment, self.cache_root = cache, batch_augment, cache_root
+        if cache != "none" and batch_augment is None:
+            raise ValueError(f"cache={cache!r} needs a batch_augment")
+        self._decoded: dict[str, DecodedImages] = {}
+        if cache != "none" and num_workers is None:
+            self.num_workers = 0  # no decoding left to spread; augmentation runs per batch
+
+    def decoded(self, split: str) -> DecodedImages:
+        """The decoded images of ``split`` (made on first use; skipped files reported)."""
+        if split not in self._decoded:
+            assert self.batch_augment is not None
+            images = DecodedImages(
+                [s.path for s in self.splits[split]],
+                self.batch_augment.storage_size,
+                mode=self.cache,  # type: ignore[arg-type]
+                root=self.cache_root,
+                max_pixels=self.max_pixels,
+            )
+            for path, reason in images.problems:
+                print(f"skipped {path}: {reason}")
+            self._decoded[split] = images
+        return self._decoded[split]
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch[0], list | tuple):  # (image, CLIP features): the image part
+            (x, clip), *rest = batch
+            x, *rest = self.on_after_batch_transfer([x, *rest], dataloader_idx)
+            return [(x, clip), *rest]
+        # cached batches arrive as uint8 on the training device: augment / resize them there
+        if self.batch_augment is None or batch[0].dtype != torch.uint8:
+            return batch
+        if len(batch) == 3:
+            x, y, seeds = batch
+            return self.batch_augment.train(x, seeds), y
+        x, y = batch
+        return self.batch_augment.eval(x), y
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        ds = ImageListDataset(
-            self.splits[split], self.train_tf if train else self.eval_tf, self.max_pixels
-        )
+        if self.cache != "none":
+            labels = [s.label for s in self.splits[split]]
+            ds: Dataset = DecodedDataset(self.decoded(split), labels, with_seed=train)
+        else:
+            ds = ImageListDataset(
+                self.splits[split],
+                self.train_tf if train else self.eval_tf,
+                self.max_pixels,
+                self.min_size,
+            )
         if self.clip_features is not None:
             labels = [s.label for s in self.splits[split]]
             base = ds if self.use_images else None
@@ -117,9 +169,10 @@ class ClassifyDataModule(L.LightningDataModule):
         weights = None
         if self.balanced_sampler:
             w = class_weights(self.splits[split], self.num_classes)
-            weights = [w[s.label] for s in self.splits[split]]
+            labels = getattr(ds, "labels", None) or [s.label for s in self.splits[split]]
+            weights = [w[label] for label in labels]
         # order and augmentations from (seed, epoch, position): exact on resume, any workers
-        return seeded_loader(
+        loader = seeded_loader(
             ds,
             seed=self.seed,
             batch_size=self.batch_size,
@@ -127,6 +180,12 @@ class ClassifyDataModule(L.LightningDataModule):
             start_epoch=self.start_epoch,
             weights=weights,
         )
+        # Each new iterator draws a base seed from `generator` (the global RNG when None). With
+        # num_workers=0 that happens every epoch after EpochSeed has seeded the global RNG in an
+        # uninterrupted run but before it in a resumed one: a private generator keeps the
+        # model's random streams (dropout) identical. Samples are seeded per position anyway.
+        loader.generator = torch.Generator()
+        return loader
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

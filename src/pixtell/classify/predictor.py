@@ -12,7 +12,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from pixtell.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+from pixtell.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, decode_min_size, load_image
 from pixtell.data.transforms import build_eval_transform, build_full_image_transform
 from pixtell.models import load_model
 from pixtell.models.clip import ClipFeatureSource
@@ -69,15 +69,19 @@ class ViewTransform:
 
 
 class _Files(Dataset):
-    def __init__(self, paths: Sequence[Path], tf: Callable, max_pixels: int) -> None:
+    def __init__(
+        self, paths: Sequence[Path], tf: Callable, max_pixels: int, min_size: int | None = None
+    ) -> None:
         self.paths, self.tf, self.max_pixels = list(paths), tf, max_pixels
+        self.min_size = min_size
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, list[torch.Tensor] | str]:
         try:
-            return i, self.tf(load_image(self.paths[i], max_pixels=self.max_pixels))
+            img = load_image(self.paths[i], max_pixels=self.max_pixels, min_size=self.min_size)
+            return i, self.tf(img)
         except ImageLoadError as exc:
             return i, exc.reason
 
@@ -101,6 +105,8 @@ class Classifier:
         self.classes: list[str] = meta["class_names"]
         # the limit the run was trained with, unless the caller sets another
         self.max_pixels: int = max_pixels or meta.get("max_pixels") or DEFAULT_MAX_PIXELS
+        # scaled JPEG decoding as in training (TTA scales stay below DRAFT_FACTOR x img_size)
+        self.min_size: int | None = decode_min_size(meta["img_size"])
         # hybrid / clip_linear: CLIP features of new images, from the cache or computed
         self.clip = (
             ClipFeatureSource(meta["clip"], meta.get("clip_key")) if meta.get("clip") else None
@@ -164,7 +170,7 @@ class Classifier:
     ) -> Iterator[tuple[int, torch.Tensor | str]]:
         """(index, probabilities) per image in order, or (index, reason) for unreadable ones."""
         loader = DataLoader(
-            _Files(paths, self.view_transform(tta), self.max_pixels),
+            _Files(paths, self.view_transform(tta), self.max_pixels, self.min_size),
             batch_size=1 if tta == "dense" else batch_size,
             num_workers=num_workers,
             collate_fn=_collate,

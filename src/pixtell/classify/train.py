@@ -13,7 +13,9 @@ from pixtell import engine
 from pixtell.classify.data import ClassifyDataModule, class_weights
 from pixtell.classify.module import ClassifierModule
 from pixtell.config import ClassifyTrainConfig
+from pixtell.data.decoded import BatchAugment, resolve_cache_mode, storage_size
 from pixtell.data.folders import ImageFolderScan, read_split, scan_image_folder, write_split
+from pixtell.data.images import decode_min_size
 from pixtell.data.transforms import build_eval_transform, build_train_transform
 from pixtell.models import get_spec
 from pixtell.models.clip import ClipEncoder, load_clip, uses_clip, uses_image
@@ -176,15 +178,30 @@ class ClassifyRecipe(engine.Recipe):
         augment = cfg.augment
         if augment == "auto":
             augment = "multiscale" if img_size < 96 else "rrc"
+        jitter = (cfg.scale_min, max(cfg.scale_min, cfg.scale_max))
         train_tf = build_train_transform(
             img_size,
             mean=spec.mean,
             std=spec.std,
             augment=augment,
-            scale_jitter=(cfg.scale_min, max(cfg.scale_min, cfg.scale_max)),
+            scale_jitter=jitter,
             hflip=cfg.hflip,
             color_jitter=cfg.color_jitter,
         )
+        n_images = sum(len(v) for v in data.splits.values())
+        size = storage_size(img_size, augment, jitter)
+        cache = resolve_cache_mode(cfg.cache, n_images, size, augment=augment)
+        batch_augment = None
+        if cache != "none":
+            batch_augment = BatchAugment(
+                img_size,
+                mean=spec.mean,
+                std=spec.std,
+                augment=augment,
+                scale_jitter=jitter,
+                hflip=cfg.hflip,
+                color_jitter=cfg.color_jitter,
+            )
         return ClassifyDataModule(
             data.splits,
             len(data.classes),
@@ -195,6 +212,9 @@ class ClassifyRecipe(engine.Recipe):
             balanced_sampler=cfg.balance == "sampler",
             max_pixels=cfg.max_pixels,
             seed=cfg.seed,
+            min_size=decode_min_size(img_size),
+            cache=cache,
+            batch_augment=batch_augment,
             clip_features=self._clip_features(cfg, data),
             use_images=uses_image(cfg.model, cfg.mode),
         )

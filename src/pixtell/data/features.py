@@ -186,10 +186,13 @@ class FeatureCache:
         batch_size: int = 64,
         progress: bool = True,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        min_size: int | None = None,
     ) -> np.ndarray:
         """Features of ``paths`` in order, running ``encode_fn`` only on uncached images.
 
         ``encode_fn`` gets a list of RGB images and returns [B, *shape] (array or tensor).
+        ``min_size``: ``load_image``'s scaled JPEG decoding (``decode_min_size(input_size)``;
+        part of what the encoder sees, so it belongs in the key's ``extra`` too).
         Unusable files get NaN rows and are listed in ``problems``.
         """
         self.problems = []
@@ -211,7 +214,9 @@ class FeatureCache:
                 batch_h, batch_im = [], []
                 for h in todo[start : start + batch_size]:
                     try:
-                        batch_im.append(load_image(path_of[h], max_pixels=max_pixels))
+                        batch_im.append(
+                            load_image(path_of[h], max_pixels=max_pixels, min_size=min_size)
+                        )
                         batch_h.append(h)
                     except ImageLoadError as err:
                         self.problems.append((path_of[h], err.reason))

@@ -40,6 +40,16 @@ _16BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
 
 StrPath = str | PathLike[str]
 
+# Scaled JPEG decoding keeps the shorter side at least this many times the side the image is
+# resized to next, so that resize always downsamples from >= 2x (the same kind of input in
+# training, evaluation, prediction, sorting and serving) whatever the photo's resolution.
+DRAFT_FACTOR: int = 2
+
+
+def decode_min_size(input_size: int) -> int:
+    """The ``min_size`` for ``load_image`` when the image is next resized to ``input_size``."""
+    return DRAFT_FACTOR * int(input_size)
+
 
 class ImageLoadError(ValueError):
     """Raised for a file that cannot be used as an image; has ``.path`` and ``.reason``."""
@@ -76,15 +86,24 @@ def check_image(path: StrPath, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> str |
     return None
 
 
-def load_image(path: StrPath, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_image(
+    path: StrPath, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_size: int | None = None
+) -> Image.Image:
     """Fully decode ``path`` into an RGB image (EXIF orientation applied, first frame only).
 
-    Raises ImageLoadError for a missing, empty, unreadable, corrupt, truncated or too large file.
+    With ``min_size``, a JPEG at least twice that size on its shorter side is decoded at
+    1/2, 1/4 or 1/8 scale (Pillow's ``Image.draft``: the DCT is scaled, so most of the
+    decoding work is skipped) while its shorter side stays at least ``min_size``. Other
+    formats, and smaller JPEGs, are decoded at full size. ``max_pixels`` applies to the
+    stored size. Raises ImageLoadError for a missing, empty, unreadable, corrupt, truncated
+    or too large file.
     """
+    if min_size is not None and min_size < 1:
+        raise ValueError(f"min_size must be at least 1 (got {min_size})")
     path = Path(path)
     _check_file(path)
     try:
-        img = _decode(path, max_pixels)
+        img = _decode(path, max_pixels, min_size)
     except ImageLoadError:
         raise
     except UnidentifiedImageError as exc:
@@ -119,11 +138,11 @@ def _check_file(path: Path) -> None:
         )
 
 
-def _decode(path: Path, max_pixels: int) -> Image.Image:
+def _decode(path: Path, max_pixels: int, min_size: int | None = None) -> Image.Image:
     """Open, check the size before decoding, fully decode, and orient (a new, closed-file image)."""
     with _strict_pillow():
         try:
-            return _open_checked(path, max_pixels)
+            return _open_checked(path, max_pixels, min_size)
         except Image.DecompressionBombError:
             limit = Image.MAX_IMAGE_PIXELS
             if limit is None or max_pixels <= 2 * limit:
@@ -132,16 +151,21 @@ def _decode(path: Path, max_pixels: int) -> Image.Image:
     with _LOCK, _strict_pillow():
         old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
         try:
-            return _open_checked(path, max_pixels)
+            return _open_checked(path, max_pixels, min_size)
         finally:
             Image.MAX_IMAGE_PIXELS = old
 
 
-def _open_checked(path: Path, max_pixels: int) -> Image.Image:
+def _open_checked(path: Path, max_pixels: int, min_size: int | None = None) -> Image.Image:
     with Image.open(path, formats=_FORMATS) as im:
         width, height = im.size
         if width * height > max_pixels:
             raise ImageLoadError(path, _too_many_pixels(width * height, max_pixels))
+        if min_size is not None and im.format == "JPEG" and min(width, height) >= 2 * min_size:
+            # A square request keeps the check independent of EXIF orientation (draft works
+            # on the stored pixels): Pillow picks the largest scale 1/s with
+            # ceil(side / s) >= min_size for both sides, so the shorter side stays >= min_size.
+            im.draft("RGB", (min_size, min_size))
         im.load()
         return _oriented(im)
 

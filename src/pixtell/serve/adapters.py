@@ -32,6 +32,8 @@ class Adapter(ABC):
     def __init__(self, name: str, run_dir: Path, meta: dict[str, Any], max_pixels: int) -> None:
         self.name, self.run_dir, self.meta = name, run_dir, meta
         self.max_pixels = max_pixels
+        # load_image's scaled JPEG decoding, as the model's own predictor decodes (None: full)
+        self.min_size: int | None = None
 
     @abstractmethod
     def predict(self, image: Image.Image) -> dict[str, Any]:
@@ -81,6 +83,7 @@ class ClassifyAdapter(Adapter):
         self.views = self.model.view_transform("none")
         self.topk = min(topk, len(self.model.classes))
         super().__init__(name, _run_dir(run), self.model.meta, self.model.max_pixels)
+        self.min_size = self.model.min_size
 
     def predict(self, image: Image.Image) -> dict[str, Any]:
         probs = self.model.probs_for_views([self.views(image)])[0]

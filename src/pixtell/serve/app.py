@@ -215,7 +215,7 @@ class Service:
     def run_file(self, adapter: Adapter, path: Path) -> dict[str, Any]:
         """Decode ``path`` safely and predict; ``ImageLoadError`` for unusable files."""
         t0 = time.perf_counter()
-        image = load_image(path, max_pixels=adapter.max_pixels)
+        image = load_image(path, max_pixels=adapter.max_pixels, min_size=adapter.min_size)
         t1 = time.perf_counter()
         result = adapter.predict(image)
         t2 = time.perf_counter()

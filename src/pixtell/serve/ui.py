@@ -24,7 +24,7 @@ def _image(path: str | None, adapter: Adapter) -> Image.Image:
     if not path:
         raise gr.Error("upload an image first")
     try:
-        return load_image(path, max_pixels=adapter.max_pixels)
+        return load_image(path, max_pixels=adapter.max_pixels, min_size=adapter.min_size)
     except ImageLoadError as exc:
         raise gr.Error(exc.reason) from None
 
