@@ -169,6 +169,7 @@ _BIG = {"resnet50", "resnet101", "resnet152", "vit_b_16"} | {f"tinyvgg_{c}" for 
     [
         pytest.param(s.name, marks=pytest.mark.slow) if s.name in _BIG else s.name
         for s in list_models("classify")
+        if not s.needs_clip  # they read CLIP embeddings, not pixels: no map to cut
     ],
 )
 def test_build_encoder_gives_a_spatial_map_for_every_classifier(name: str) -> None:
@@ -199,3 +200,9 @@ def test_resnet_encoder_is_the_classifier_up_to_layer4(tmp_path) -> None:  # noq
         got, want = enc.eval()(x), trunk(x)
     assert channels == 512 and got.shape == (2, 512, 7, 7)
     torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("name", [s.name for s in list_models("classify") if s.needs_clip])
+def test_models_that_read_clip_embeddings_are_refused_as_encoders(name: str) -> None:
+    with pytest.raises(ValueError, match="CLIP embeddings, not pixels"):
+        build_encoder(name)

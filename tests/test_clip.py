@@ -318,6 +318,24 @@ def test_zero_shot_cli_then_sort(shapes_dir: Path, tiny_clip: Path, tmp_path: Pa
     sorted_files = [p for p in out.rglob("*.png")]
     assert len(sorted_files) == 4 and len(list(inbox.iterdir())) == 4  # copied, not moved
 
+    # serve feeds the run its CLIP embedding; export and profile refuse it in one line
+    from PIL import Image
+
+    from pixtell.classify import Classifier
+    from pixtell.export import ExportError, export_onnx
+    from pixtell.profile import profile_models
+    from pixtell.serve.adapters import ClassifyAdapter
+
+    image = sorted((shapes_dir / "square").iterdir())[0]
+    served = ClassifyAdapter(run_dir, "zs").predict(Image.open(image).convert("RGB"))
+    direct = Classifier.from_run(run_dir).predict([image], topk=1)[0]
+    assert served["topk"][0]["label"] == direct.label
+    assert served["topk"][0]["probability"] == pytest.approx(direct.probability, abs=1e-5)
+    with pytest.raises(ExportError, match="CLIP"):
+        export_onnx(run_dir)
+    (row,) = profile_models([run_dir], memory=False)
+    assert row.error is not None and "CLIP" in row.error
+
 
 # -- unavailable checkpoints -----------------------------------------------------------------
 def _one_sentence(text: str) -> bool:

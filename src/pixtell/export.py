@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from pixtell.classify.predictor import Classifier
-from pixtell.models import load_model
+from pixtell.models import get_spec, load_model
 from pixtell.models.io import META_FILE
 from pixtell.runs import Run, run_dir_holding
 
@@ -296,6 +296,11 @@ def export_onnx(
     run_dir = run_dir_holding(run.dir if isinstance(run, Run) else run, META_FILE)
     model, meta = load_model(run_dir)
     task = meta.get("task")
+    if get_spec(meta["arch"], task).needs_clip:
+        raise ExportError(
+            f"{run_dir}: {meta['arch']} also reads CLIP image embeddings; exporting it to ONNX "
+            "is not supported yet"
+        )
     if task == "classify":
         return _export_classifier(model, meta, run_dir, dynamic_batch, opset, force, check_inputs)
     if task == "caption":

@@ -39,7 +39,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from pixtell.models import count_params, create, list_models, load_model
+from pixtell.models import count_params, create, get_spec, list_models, load_model
 from pixtell.report import Section, write_report
 
 BACKENDS = ("torch", "onnx")
@@ -89,6 +89,7 @@ def resolve(model_or_run: str | Path, img_size: int | None = None) -> Subject:
     path = Path(model_or_run)
     if path.exists():
         net, meta = load_model(path)
+        _refuse_clip(meta["arch"], meta["task"])
         size = img_size or int(meta["img_size"])
         return Subject(str(model_or_run), net, meta["task"], size, int(meta.get("max_len", 20)))
     specs = [s for s in list_models() if s.name == str(model_or_run)]
@@ -101,9 +102,17 @@ def resolve(model_or_run: str | Path, img_size: int | None = None) -> Subject:
     spec = min(specs, key=lambda s: (s.task != "classify", s.task))
     if spec.task == "caption":
         raise ValueError(f"{spec.name} is a caption model: profile a trained caption run instead")
+    _refuse_clip(spec.name, spec.task)
     kw: dict[str, Any] = {"img_size": img_size} if spec.name == "tiny_fcos" and img_size else {}
     net = create(spec.name, spec.task, num_classes=1000 if spec.task == "classify" else 90, **kw)
     return Subject(spec.name, net.eval(), spec.task, img_size or spec.input_size)
+
+
+def _refuse_clip(arch: str, task: str) -> None:
+    if get_spec(arch, task).needs_clip:
+        raise ValueError(
+            f"{arch} also reads CLIP image embeddings; profiling it is not supported yet"
+        )
 
 
 def _inputs(subject: Subject, batch: int) -> Any:

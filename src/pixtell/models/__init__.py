@@ -2,6 +2,7 @@
 
 from pixtell.models import (  # noqa: F401  (registers builders)
     captioning,  # noqa: F401
+    clip,
     detection,  # noqa: F401
     tinyvgg,
     torchvision_models,

@@ -372,6 +372,7 @@ class ClipLinear(nn.Module):
     "classify",
     input_size=224,
     has_pretrained=True,
+    needs_clip=True,
     description="MobileNetV3-Large + frozen CLIP image embedding → MLP (--mode hybrid|cnn|clip)",
 )
 def build_hybrid(
@@ -390,6 +391,7 @@ def build_hybrid(
     "clip_linear",
     "classify",
     input_size=224,
+    needs_clip=True,
     description="linear probe on frozen CLIP image embeddings (also the zero-shot classifier)",
 )
 def build_clip_linear(

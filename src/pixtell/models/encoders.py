@@ -143,6 +143,11 @@ def build_encoder(
     to ``grid × grid`` (e.g. 14, as in Show, Attend and Tell) whatever the input size;
     ``kwargs`` go to the classifier's builder (e.g. ``width`` of ``small_cnn``).
     """
+    if get_spec(name).needs_clip:
+        raise ValueError(
+            f"{name} reads CLIP embeddings, not pixels, so it cannot encode images for "
+            "captioning; choose a CNN or ViT backbone (see `pixtell models --task classify`)"
+        )
     model = create(
         name, "classify", num_classes=1, pretrained=pretrained, weights=weights, **kwargs
     )

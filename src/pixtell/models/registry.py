@@ -31,6 +31,7 @@ class ModelSpec:
     head: str = "classifier"  # attribute path of the task head (trained first when fine-tuning)
     has_pretrained: bool = False
     description: str = ""
+    needs_clip: bool = False  # forward(image, clip): also takes CLIP image embeddings
 
 
 _REGISTRY: dict[tuple[str, str], ModelSpec] = {}
@@ -46,6 +47,7 @@ def register(
     head: str = "classifier",
     has_pretrained: bool = False,
     description: str = "",
+    needs_clip: bool = False,
 ) -> Callable[[Builder], Builder]:
     """Decorator that registers ``builder(num_classes=, pretrained=, **kw)`` under ``name``."""
 
@@ -63,6 +65,7 @@ def register(
             head,
             has_pretrained,
             description,
+            needs_clip,
         )
         return builder
 

@@ -86,7 +86,9 @@ class ClassifyAdapter(Adapter):
         self.min_size = self.model.min_size
 
     def predict(self, image: Image.Image) -> dict[str, Any]:
-        probs = self.model.probs_for_views([self.views(image)])[0]
+        source = getattr(self.model, "clip", None)  # hybrid / clip_linear runs
+        clip = None if source is None else source.encoder.embed_images([image])
+        probs = self.model.probs_for_views([self.views(image)], clip)[0]
         vals, idx = probs.topk(self.topk)
         return {
             "topk": [
