@@ -13,7 +13,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install $(TORCH)
-	$(BIN)/pip install -e ".[dev,serve,export]"
+	$(BIN)/pip install -e ".[dev,serve,export,clip,blip,inspect]"
 	touch $@
 
 demo: $(VENV)/.installed

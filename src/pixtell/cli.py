@@ -35,7 +35,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 classify_app = typer.Typer(
-    help="Image classification: train, evaluate, predict, sort.",
+    help="Image classification: train, evaluate, predict, sort, zero-shot, inspect.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
