@@ -19,11 +19,13 @@ def test_each_part_trains_evaluates_and_reports(
         ),
         demo.caption_part(tmp_path, n_images=30, epochs=1, progress=False),
     ]
+    parts.append(demo.guided_part(tmp_path, parts[0].run, n_images=30, epochs=1, progress=False))
     for part in parts:
         assert part.report.is_file() and part.metrics, part.task
         assert all(0 <= v <= 1 for v in part.metrics.values() if isinstance(v, float))
         assert all(p.is_file() for p in part.images), part.task
     assert "blind baseline BLEU-4" in parts[2].metrics
+    assert {"CHAIR_s", "mention_rate", "Bleu_4"} <= set(parts[3].metrics)  # before → after
 
 
 def test_unknown_task_is_refused(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import csv
 import json
 import random
 import re
+import shutil
 from itertools import combinations
 from pathlib import Path
 
@@ -406,12 +407,22 @@ def test_caption_scenes_style(tmp_path: Path) -> None:
     rows = {
         d: list(csv.reader((d / "captions.txt").open(encoding="utf-8")))[1:] for d in (rel, old)
     }
+    lines = meta_path(rel).read_text(encoding="utf-8").splitlines()
+    meta = {r["file"]: r for r in map(json.loads, lines)}
+    assert len(meta) == 8
     for i in range(8):
         rng = np.random.default_rng([4, i])
         scene = render_scene(rng, img_size=32, n_objects=int(rng.integers(1, 4)))
         name = f"scene_{i:05d}.png"
         assert [c for f, c in rows[old] if f == name] == scene.captions
         assert [c for f, c in rows[rel] if f == name] == make_relation_captions(scene.objects)
+        # the objects, the ground truth of hallucination metrics, beside the folder
+        record = meta[f"Images/{name}"]
+        assert [o["shape"] for o in record["objects"]] == [o.shape for o in scene.objects]
+        assert record["captions"] == [c for f, c in rows[rel] if f == name]
+    with pytest.raises(FileExistsError, match="meta"):
+        shutil.rmtree(rel)
+        make_caption_scenes(rel, **kw)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="caption style"):
         make_caption_scenes(tmp_path / "x", style="poetic", **kw)  # type: ignore[arg-type]
     assert not (tmp_path / "x").exists()

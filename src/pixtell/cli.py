@@ -593,8 +593,11 @@ def models_cmd(
 @app.command("demo")
 def demo_cmd(
     task: Annotated[
-        Literal["all", "classify", "detect", "caption"],
-        typer.Option(help="Which task to demonstrate."),
+        Literal["all", "classify", "detect", "caption", "guided"],
+        typer.Option(
+            help="Which task to demonstrate; guided: the hallucination filter (trains the "
+            "classifier first)."
+        ),
     ] = "all",
     out: Annotated[Path, typer.Option(help="Where the data and runs go.")] = Path("demo-runs"),
     n_per_class: Annotated[

@@ -13,7 +13,7 @@ from rich.console import Console
 from pixtell.report import Section, write_report
 
 console = Console(highlight=False, soft_wrap=True)
-TASKS = ("classify", "detect", "caption")
+TASKS = ("classify", "detect", "caption", "guided")
 
 # Figures and settings measured on a 2-core CPU (see README): each part trains for at most
 # about four minutes there.
@@ -26,6 +26,9 @@ CAPTION_TRAIN: dict[str, Any] = {
     "val_fraction": 0.05,
     "img_size": 32,
 }
+# The hallucination filter's demo: a deliberately weak captioner (few epochs, no word loss).
+GUIDED_TRAIN: dict[str, Any] = {"epochs": 2, "word_loss": 0.0}
+GUIDED_TAU = 0.5
 DETECT_SCENES = 4000
 DETECT_TRAIN: dict[str, Any] = {
     "model": "tiny_fcos",
@@ -45,6 +48,7 @@ class DemoPart:
     images: list[Path] = field(default_factory=list)
     seconds: float = 0.0
     notes: str = ""
+    run: Any = None
 
 
 def _data(out: Path, name: str, make: Callable[[Path], Path]) -> Path:
@@ -99,6 +103,7 @@ def classify_part(
         res.report,
         [res.dir / "confusion_matrix.png"],
         seconds,
+        run=run,
     )
 
 
@@ -132,15 +137,10 @@ def detect_part(out: Path, *, seed: int = 0, progress: bool = True, **train: Any
 def caption_part(out: Path, *, seed: int = 0, progress: bool = True, **train: Any) -> DemoPart:
     """Scenes of one to three shapes with five captions each; a small CNN + attention LSTM."""
     from pixtell import caption
-    from pixtell.data.demo import make_caption_scenes
     from pixtell.metrics.caption import blind_baseline
 
     n = train.pop("n_images", CAPTION_SCENES)
-    data = _data(
-        out,
-        f"scenes-caption-{seed}-{n}",
-        lambda d: make_caption_scenes(d, n_images=n, seed=seed, progress=progress),
-    )
+    data = _caption_scenes(out, n, seed, progress)
     settings = {**CAPTION_TRAIN, **train}
     run, seconds = _train(
         caption.train, data, out, "scenes", seed=seed, progress=progress, **settings
@@ -163,6 +163,57 @@ def caption_part(out: Path, *, seed: int = 0, progress: bool = True, **train: An
         [p.attention for p in preds if p.attention],
         seconds,
         notes=f"Sample captions: {samples}",
+    )
+
+
+def _caption_scenes(out: Path, n: int, seed: int, progress: bool) -> Path:
+    from pixtell.data.demo import make_caption_scenes
+
+    return _data(
+        out,
+        f"scenes-caption-{seed}-{n}",
+        lambda d: make_caption_scenes(d, n_images=n, seed=seed, progress=progress),
+    )
+
+
+def guided_part(
+    out: Path, classifier: Any, *, seed: int = 0, progress: bool = True, **train: Any
+) -> DemoPart:
+    """The hallucination filter: a deliberately weak captioner, guided by the shape classifier.
+
+    The captioner is the caption part's, trained for only ``GUIDED_EPOCHS`` epochs, so it
+    often names the wrong shape; the classifier is the classification part's run.
+    """
+    from pixtell import caption
+    from pixtell.guided import evaluate_guided
+
+    n = train.pop("n_images", CAPTION_SCENES)
+    data = _caption_scenes(out, n, seed, progress)
+    settings = {**CAPTION_TRAIN, **GUIDED_TRAIN, **train}
+    run, seconds = _train(
+        caption.train, data, out, "scenes-weak", seed=seed, progress=progress, **settings
+    )
+    res = evaluate_guided(run, classifier, tau=GUIDED_TAU, beam_size=5, n_best=5)
+    before, after = res.metrics["before"], res.metrics["after"]
+    console.print(
+        f"hallucination filter: CHAIR_s {before['CHAIR_s']:.3f} → {after['CHAIR_s']:.3f}, "
+        f"label mentions {before['mention_rate']:.3f} → {after['mention_rate']:.3f}, "
+        f"BLEU-4 {before['Bleu_4']:.3f} → {after['Bleu_4']:.3f}"
+    )
+    rows = {
+        key: f"{before[key]:.3f} → {after[key]:.3f}"
+        for key in ("Bleu_4", "CIDEr", "CHAIR_i", "CHAIR_s", "mention_rate")
+    }
+    return DemoPart(
+        "guided",
+        {"classifier": str(getattr(classifier, "dir", classifier)), **rows},
+        res.report,
+        [plot for plot in [res.dir / "per_class.png"] if plot.is_file()],  # none if no rows
+        seconds,
+        notes=(
+            f"A captioner trained for {settings['epochs']} epochs, filtered with the "
+            f"classification run at tau {GUIDED_TAU}: before → after."
+        ),
     )
 
 
@@ -193,7 +244,9 @@ def run_demo(
         raise ValueError(f"unknown --task {task!r}: use one of {', '.join(TASKS)} or all")
     out = Path(out)
     parts: list[DemoPart] = []
-    for name in TASKS if task == "all" else (task,):
+    # the guided part filters captions with the classification part's classifier
+    names = TASKS if task == "all" else ("classify", "guided") if task == "guided" else (task,)
+    for name in names:
         if name == "classify":
             parts.append(
                 classify_part(
@@ -202,8 +255,11 @@ def run_demo(
             )
         elif name == "detect":
             parts.append(detect_part(out, seed=seed, progress=progress))
-        else:
+        elif name == "caption":
             parts.append(caption_part(out, seed=seed, progress=progress))
+        else:
+            classifier = next(p.run for p in parts if p.task == "classify")
+            parts.append(guided_part(out, classifier, seed=seed, progress=progress))
     sections = [
         Section(
             f"{p.task}: {p.seconds / 60:.1f} min of training",

@@ -607,9 +607,11 @@ def evaluate_guided(
     if not splits.get(split):
         raise ValueError(f"{run.dir} has no images in a {split!r} split")
     images = [ds.images[i] for i in splits[split]]
+    data = Path(cfg["data"])
     if truth is None and ds.format == "demo":
-        data = Path(cfg["data"])
         truth = data if data.is_file() else meta_path(data)
+    elif truth is None and meta_path(data).is_file():  # demo scenes in the Flickr8k layout
+        truth = meta_path(data)
     table = load_truth(truth) if truth is not None else None
     paths = [im.path for im in images]
     gt = _image_truth(paths, ds.root, table, clf.classes)

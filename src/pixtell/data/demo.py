@@ -470,7 +470,8 @@ def render_scene(
 
 
 def meta_path(out: Path) -> Path:
-    """Where ``make_classification_folder(out)`` writes its per-image metadata."""
+    """Where ``make_classification_folder(out)`` and ``make_caption_scenes(out)`` write their
+    per-image metadata (JSON lines: file, objects, background, captions)."""
     return out.parent / f"{out.name}-meta.jsonl"
 
 
@@ -550,8 +551,9 @@ def make_caption_scenes(
     ``style`` "relations" (``make_relation_captions``: objects left to right joined by
     spatial relations) or "varied" (``make_captions``: five templates with synonyms and
     background words). Scene ``i`` has 1..``max_objects`` shapes and its image depends only
-    on ``(seed, i)``, whatever the style. Refuses a non-empty ``out``; ``out`` appears only
-    when complete.
+    on ``(seed, i)``, whatever the style. Its objects (the ground truth of hallucination
+    metrics) go to ``meta_path(out)``. Refuses a non-empty ``out`` or an existing metadata
+    file; ``out`` appears only when complete.
     """
     import csv
 
@@ -562,10 +564,14 @@ def make_caption_scenes(
     if style not in CAPTION_STYLES:
         raise ValueError(f"unknown caption style {style!r}: use one of {', '.join(CAPTION_STYLES)}")
     out = Path(out)
+    meta = meta_path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} exists and is not empty: choose a new folder")
+    if meta.exists():
+        raise FileExistsError(f"{meta} exists: choose a new folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    lines: list[str] = []
     try:
         (work / "Images").mkdir()
         with open(work / "captions.txt", "w", encoding="utf-8", newline="") as fh:
@@ -584,12 +590,17 @@ def make_caption_scenes(
                     else scene.captions
                 )
                 writer.writerows([name, caption] for caption in captions)
+                record = {**scene.meta(f"Images/{name}"), "captions": list(captions)}
+                lines.append(json.dumps(record, sort_keys=True))
         if out.exists():
             out.rmdir()
         work.rename(out)
     finally:
         if work.exists():
             shutil.rmtree(work)
+    partial = meta.with_name(meta.name + ".partial")
+    partial.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    partial.replace(meta)
     return out
 
 
