@@ -228,3 +228,37 @@ def test_ddp_two_processes_with_a_cached_frozen_encoder(scenes: Path, tmp_path: 
     assert [r.name for r in (tmp_path / "caption").iterdir()] == ["ddp"]
     results = json.loads((tmp_path / "caption" / "ddp" / "results.json").read_text())
     assert results["epochs_completed"] == 2 and "best_val_bleu4" in results
+
+
+def test_decoded_images_give_the_batches_of_decoding_every_epoch(
+    scenes: Path, run: caption.Run, tmp_path: Path
+) -> None:
+    """--cache ram / disk feed the model what decoding each epoch (--cache none) does."""
+    from pixtell.caption.train import CaptionRecipe
+    from pixtell.config import CaptionTrainConfig
+
+    settings = {k: v for k, v in FAST.items() if k not in ("logger", "progress")}
+    batches = {}
+    for mode in ("none", "ram", "disk"):
+        cfg = CaptionTrainConfig(
+            data=scenes, cache=mode, cache_dir=tmp_path, progress=False, **settings
+        )
+        recipe = CaptionRecipe()
+        data = recipe.prepare(cfg)
+        recipe.build_module(cfg, data)
+        dm = recipe.build_datamodule(cfg, data)
+        assert (dm.pixels is None) == (mode == "none")
+        train = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+        val = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())), 0)
+        batches[mode] = (train, val)
+    assert list((tmp_path / "decoded").glob("*.npy"))  # the memory-mapped copy
+    for mode in ("ram", "disk"):
+        (train, val), (train0, val0) = batches[mode], batches["none"]
+        assert train[0].dtype == torch.float32 and train[0].shape == train0[0].shape
+        assert torch.allclose(train[0], train0[0], atol=1e-6)
+        assert torch.equal(train[1], train0[1]) and torch.equal(train[2], train0[2])
+        assert torch.allclose(val[0], val0[0], atol=1e-6) and torch.equal(val[1], val0[1])
+    # and a run trains the same (the ``run`` fixture used --cache auto: ram at 32 px)
+    none = caption.train(scenes, epochs=1, out=tmp_path, name="none", cache="none", **FAST)
+    assert run.config["cache"] == "auto"
+    assert run.best_metrics["val_loss"] == pytest.approx(none.best_metrics["val_loss"], abs=1e-4)

@@ -27,6 +27,7 @@ from pixtell.data.demo import (
     make_classification_folder,
     make_relation_captions,
     meta_path,
+    objects_path,
     render_background,
     render_scene,
 )
@@ -407,7 +408,7 @@ def test_caption_scenes_style(tmp_path: Path) -> None:
     rows = {
         d: list(csv.reader((d / "captions.txt").open(encoding="utf-8")))[1:] for d in (rel, old)
     }
-    lines = meta_path(rel).read_text(encoding="utf-8").splitlines()
+    lines = objects_path(rel).read_text(encoding="utf-8").splitlines()
     meta = {r["file"]: r for r in map(json.loads, lines)}
     assert len(meta) == 8
     for i in range(8):
@@ -417,10 +418,10 @@ def test_caption_scenes_style(tmp_path: Path) -> None:
         assert [c for f, c in rows[old] if f == name] == scene.captions
         assert [c for f, c in rows[rel] if f == name] == make_relation_captions(scene.objects)
         # the objects, the ground truth of hallucination metrics, beside the folder
-        record = meta[f"Images/{name}"]
+        record = meta[name]
         assert [o["shape"] for o in record["objects"]] == [o.shape for o in scene.objects]
         assert record["captions"] == [c for f, c in rows[rel] if f == name]
-    with pytest.raises(FileExistsError, match="meta"):
+    with pytest.raises(FileExistsError, match="objects"):
         shutil.rmtree(rel)
         make_caption_scenes(rel, **kw)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="caption style"):

@@ -258,6 +258,12 @@ class CaptionTrainConfig(TrainerSettings):
     cache_dir: Path | None = Field(
         None, description="Feature cache folder [default: $PIXTELL_CACHE or ~/.cache/pixtell]"
     )
+    cache: Literal["auto", "none", "ram", "disk"] = Field(
+        "auto",
+        description="A trained encoder's input images decoded once (uint8): ram, disk "
+        "(memory-mapped under --cache-dir, reused across runs) or none; auto: ram when they "
+        "fit 2 GiB, else disk, none for inputs above 128 px.",
+    )
     attention_reg: float = Field(
         1.0, ge=0, description="Doubly stochastic attention regularisation (lambda)."
     )

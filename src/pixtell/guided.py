@@ -30,7 +30,7 @@ from pixtell.caption.decoding import beam_search
 from pixtell.caption.predict import Captioner
 from pixtell.caption.train import SPLIT_FILE
 from pixtell.classify.predictor import Classifier
-from pixtell.data.demo import meta_path
+from pixtell.data.demo import meta_path, objects_path
 from pixtell.data.folders import list_images
 from pixtell.metrics.caption import score
 from pixtell.metrics.hallucination import (
@@ -610,8 +610,8 @@ def evaluate_guided(
     data = Path(cfg["data"])
     if truth is None and ds.format == "demo":
         truth = data if data.is_file() else meta_path(data)
-    elif truth is None and meta_path(data).is_file():  # demo scenes in the Flickr8k layout
-        truth = meta_path(data)
+    elif truth is None and objects_path(data).is_file():  # demo scenes, Flickr8k layout
+        truth = objects_path(data)
     table = load_truth(truth) if truth is not None else None
     paths = [im.path for im in images]
     gt = _image_truth(paths, ds.root, table, clf.classes)

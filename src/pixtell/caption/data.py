@@ -27,6 +27,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pixtell.caption.vocab import Vocabulary
+from pixtell.data.decoded import DecodedImages
 from pixtell.data.demo import meta_path
 from pixtell.data.images import (
     DEFAULT_MAX_PIXELS,
@@ -544,7 +545,9 @@ def build_vocabulary(
 
 
 class _Inputs:
-    """Image ``i`` as the model sees it: a cached feature row, or the transformed image."""
+    """Image ``i`` as the model sees it: a cached feature row, a decoded uint8 image
+    [3, S, S] (``pixels``: normalised on the device, see ``CaptionDataModule``), or the
+    transformed image."""
 
     def __init__(
         self,
@@ -553,22 +556,27 @@ class _Inputs:
         features: np.ndarray | None,
         feature_rows: Sequence[int] | None,
         max_pixels: int,
+        min_size: int | None = None,
+        pixels: DecodedImages | None = None,
     ) -> None:
-        if features is None and transform is None:
-            raise ValueError("pass a transform (images) or features (a feature cache)")
+        if features is None and transform is None and pixels is None:
+            raise ValueError("pass a transform (images), features (a feature cache) or pixels")
         rows = list(range(len(images))) if feature_rows is None else list(feature_rows)
         if features is not None and len(rows) != len(images):
             raise ValueError(f"{len(rows)} feature rows for {len(images)} images")
         self.paths = [im.path for im in images]
         self.transform, self.features, self.rows = transform, features, rows
-        self.max_pixels = max_pixels
+        self.max_pixels, self.min_size, self.pixels = max_pixels, min_size, pixels
 
     def __call__(self, i: int) -> torch.Tensor:
         if self.features is not None:
             # np.array copies the row out of a memory map (workers must not share the mapping).
             return torch.from_numpy(np.array(self.features[self.rows[i]], dtype=np.float32))
+        if self.pixels is not None:
+            return self.pixels.tensor(self.rows[i])
         assert self.transform is not None
-        return self.transform(load_image(self.paths[i], max_pixels=self.max_pixels))
+        image = load_image(self.paths[i], max_pixels=self.max_pixels, min_size=self.min_size)
+        return self.transform(image)
 
 
 class CaptionTrainDataset(Dataset):
@@ -589,8 +597,12 @@ class CaptionTrainDataset(Dataset):
         feature_rows: Sequence[int] | None = None,
         max_len: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        min_size: int | None = None,
+        pixels: DecodedImages | None = None,
     ) -> None:
-        self.inputs = _Inputs(images, transform, features, feature_rows, max_pixels)
+        self.inputs = _Inputs(
+            images, transform, features, feature_rows, max_pixels, min_size, pixels
+        )
         self.encoded = [[vocab.encode(c, max_len) for c in im.captions] for im in images]
         self.pairs = [(i, j) for i, caps in enumerate(self.encoded) for j in range(len(caps))]
         self.first = np.cumsum([0] + [len(c) for c in self.encoded])[:-1].tolist()
@@ -656,8 +668,12 @@ class CaptionEvalDataset(Dataset):
         features: np.ndarray | None = None,
         feature_rows: Sequence[int] | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        min_size: int | None = None,
+        pixels: DecodedImages | None = None,
     ) -> None:
-        self.inputs = _Inputs(images, transform, features, feature_rows, max_pixels)
+        self.inputs = _Inputs(
+            images, transform, features, feature_rows, max_pixels, min_size, pixels
+        )
         self.references: list[list[str]] = [list(im.captions) for im in images]
         self.paths: list[Path] = [im.path for im in images]
 
@@ -697,7 +713,10 @@ class CaptionDataModule(L.LightningDataModule):
     Training yields ``collate_captions`` batches, one caption per image per epoch;
     val/test yield (inputs, image indices) into ``references(split)``. With ``features``
     (row ``i`` = ``dataset.images[i]``, e.g. from ``FeatureCache.compute``) no image is
-    decoded and the transforms are not used.
+    decoded and the transforms are not used. With ``pixels`` (the images decoded once, row
+    ``i`` = ``dataset.images[i]``; captioning has no augmentation, so this is the whole
+    evaluation transform but the normalisation) batches arrive as uint8 and are normalised
+    with ``normalize`` = (mean, std) on the device, in ``on_after_batch_transfer``.
     """
 
     def __init__(
@@ -714,12 +733,20 @@ class CaptionDataModule(L.LightningDataModule):
         max_len: int | None = None,
         features: np.ndarray | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        min_size: int | None = None,
+        pixels: DecodedImages | None = None,
+        normalize: tuple[Sequence[float], Sequence[float]] | None = None,
     ) -> None:
         super().__init__()
         if features is not None:
             if len(features) != len(dataset.images):
                 raise ValueError(f"{len(features)} feature rows for {len(dataset.images)} images")
             splits = _without_nan_rows(dataset, splits, features)
+        if pixels is not None:
+            if len(pixels) != len(dataset.images) or normalize is None:
+                raise ValueError("pixels need one decoded row per image and normalize=(mean, std)")
+            dataset.problems.extend(pixels.problems)
+            splits = {k: [i for i in v if pixels.ok[i]] for k, v in splits.items()}
         self.dataset, self.splits, self.vocab = dataset, splits, vocab
         self.train_tf, self.eval_tf = train_transform, eval_transform
         self.batch_size, self.seed, self.max_len = batch_size, seed, max_len
@@ -727,7 +754,8 @@ class CaptionDataModule(L.LightningDataModule):
         self.num_workers = (
             max(0, min(4, (os.cpu_count() or 1) - 1)) if num_workers is None else num_workers
         )
-        self.features, self.max_pixels = features, max_pixels
+        self.features, self.max_pixels, self.min_size = features, max_pixels, min_size
+        self.pixels, self.normalize = pixels, normalize
         self._train: CaptionTrainDataset | None = None
 
     def _images(self, split: str) -> list[CaptionImage]:
@@ -745,10 +773,17 @@ class CaptionDataModule(L.LightningDataModule):
             self.vocab,
             self.train_tf,
             features=self.features,
-            feature_rows=self.splits["train"] if self.features is not None else None,
+            feature_rows=self._rows("train"),
             max_len=self.max_len,
             max_pixels=self.max_pixels,
+            min_size=self.min_size,
+            pixels=self.pixels,
         )
+
+    def _rows(self, split: str) -> list[int] | None:
+        """Rows of ``split`` in whole-dataset arrays (features or decoded pixels)."""
+        whole = self.features is not None or self.pixels is not None
+        return self.splits.get(split, []) if whole else None
 
     def eval_dataset(self, split: str) -> CaptionEvalDataset:
         """``split`` (val or test) as (input, index into its references)."""
@@ -756,9 +791,19 @@ class CaptionDataModule(L.LightningDataModule):
             self._images(split),
             self.eval_tf,
             features=self.features,
-            feature_rows=self.splits.get(split, []) if self.features is not None else None,
+            feature_rows=self._rows(split),
             max_pixels=self.max_pixels,
+            min_size=self.min_size,
+            pixels=self.pixels,
         )
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.normalize is None or batch[0].dtype != torch.uint8:
+            return batch
+        mean, std = (
+            torch.tensor(v, device=batch[0].device).view(1, 3, 1, 1) for v in self.normalize
+        )
+        return (batch[0].float().div_(255).sub_(mean).div_(std), *batch[1:])
 
     def references(self, split: str) -> list[list[str]]:
         """All raw reference captions of ``split``, in loader index order."""

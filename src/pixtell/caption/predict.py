@@ -19,7 +19,7 @@ from torchvision.transforms import v2
 from pixtell.caption.decoding import Hypothesis, beam_search, constrained_beam_search, greedy
 from pixtell.caption.vocab import PAD, SPECIALS, Vocabulary, tokenize
 from pixtell.data.folders import list_images
-from pixtell.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+from pixtell.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, decode_min_size, load_image
 from pixtell.data.transforms import build_eval_transform
 from pixtell.models import load_model
 from pixtell.report import plt  # pyplot with the report's headless backend
@@ -61,6 +61,7 @@ class Captioner:
         self.max_len: int = int(meta.get("max_len", 20))
         self.max_pixels: int = max_pixels or meta.get("max_pixels") or DEFAULT_MAX_PIXELS
         size = int(meta["img_size"])
+        self.min_size = decode_min_size(size)
         self.transform = build_eval_transform(size, mean=meta["mean"], std=meta["std"])
         # what the model sees, before normalisation: the picture heat-maps are drawn over
         self.view = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size)])
@@ -92,7 +93,9 @@ class Captioner:
 
     def load(self, path: Path) -> torch.Tensor:
         """One image as the model's input (raises ``ImageLoadError``)."""
-        return self.transform(load_image(path, max_pixels=self.max_pixels))
+        # the same scaled JPEG decoding as training (``decode_min_size``)
+        image = load_image(path, max_pixels=self.max_pixels, min_size=self.min_size)
+        return self.transform(image)
 
     @torch.inference_mode()
     def encode(self, images: torch.Tensor) -> torch.Tensor:

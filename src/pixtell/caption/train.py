@@ -24,7 +24,9 @@ from pixtell.caption.data import (
 from pixtell.caption.module import CaptionModule
 from pixtell.caption.vocab import Vocabulary
 from pixtell.config import CaptionTrainConfig
+from pixtell.data.decoded import DecodedImages, resolve_cache_mode
 from pixtell.data.features import FeatureCache, encoder_key, state_dict_digest
+from pixtell.data.images import decode_min_size
 from pixtell.data.transforms import build_eval_transform
 from pixtell.models import get_spec
 from pixtell.runs import Run
@@ -179,6 +181,7 @@ class CaptionRecipe(engine.Recipe):
             state_dict_digest(net.encoder),
             self._img_size(cfg),
             grid=cfg.grid if cfg.model == "show_attend_tell" else None,
+            min_size=decode_min_size(self._img_size(cfg)),
         )
         cache = FeatureCache(key, cfg.cache_dir)
 
@@ -191,7 +194,12 @@ class CaptionRecipe(engine.Recipe):
         try:
             paths = [im.path for im in data.dataset.images]
             feats = cache.compute(
-                paths, encode, progress=cfg.progress, max_pixels=cfg.max_pixels, batch_size=32
+                paths,
+                encode,
+                progress=cfg.progress,
+                max_pixels=cfg.max_pixels,
+                batch_size=32,
+                min_size=decode_min_size(self._img_size(cfg)),
             )
         finally:
             net.train(was_training)
@@ -206,6 +214,9 @@ class CaptionRecipe(engine.Recipe):
             bad = set(np.flatnonzero(np.isnan(features.reshape(len(features), -1)).any(1)))
             splits = {k: [i for i in v if i not in bad] for k, v in splits.items()}
         tf = self._transform(cfg)
+        size = self._img_size(cfg)
+        spec = get_spec(cfg.encoder, "classify")
+        pixels = None if features is not None else self._pixels(cfg, data, size)
         return CaptionDataModule(
             data.dataset,
             splits,
@@ -213,11 +224,26 @@ class CaptionRecipe(engine.Recipe):
             tf,
             tf,
             batch_size=cfg.batch_size,
-            num_workers=cfg.num_workers,
+            # decoded images need no worker: a batch is a few array reads
+            num_workers=0 if pixels is not None and cfg.num_workers is None else cfg.num_workers,
             seed=cfg.seed,
             max_len=cfg.max_len + 2,  # + <start> and <end>
             features=features,
             max_pixels=cfg.max_pixels,
+            min_size=decode_min_size(size),
+            pixels=pixels,
+            normalize=(spec.mean, spec.std),
+        )
+
+    def _pixels(self, cfg: CaptionTrainConfig, data: CaptionData, size: int) -> Any:
+        """The images decoded once (``--cache``), when the encoder reads pixels."""
+        mode = resolve_cache_mode(cfg.cache, len(data.dataset.images), size, augment="none")
+        if mode == "none":
+            return None
+        root = Path(cfg.cache_dir).expanduser() / "decoded" if cfg.cache_dir else None
+        paths = [im.path for im in data.dataset.images]
+        return DecodedImages(
+            paths, size, mode=mode, root=root, max_pixels=cfg.max_pixels, progress=cfg.progress
         )
 
     def monitor(self, cfg: CaptionTrainConfig) -> tuple[str, str]:

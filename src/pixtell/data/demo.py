@@ -470,9 +470,15 @@ def render_scene(
 
 
 def meta_path(out: Path) -> Path:
-    """Where ``make_classification_folder(out)`` and ``make_caption_scenes(out)`` write their
-    per-image metadata (JSON lines: file, objects, background, captions)."""
+    """Where ``make_classification_folder(out)`` writes its per-image metadata."""
     return out.parent / f"{out.name}-meta.jsonl"
+
+
+def objects_path(out: Path) -> Path:
+    """Where ``make_caption_scenes(out)`` writes each scene's objects (JSON lines as
+    ``meta_path``'s, ``file`` being the image's name), the truth of hallucination metrics.
+    Not ``meta_path``: that would make the folder read as the demo caption format."""
+    return out.parent / f"{out.name}-objects.jsonl"
 
 
 def make_classification_folder(
@@ -552,7 +558,7 @@ def make_caption_scenes(
     spatial relations) or "varied" (``make_captions``: five templates with synonyms and
     background words). Scene ``i`` has 1..``max_objects`` shapes and its image depends only
     on ``(seed, i)``, whatever the style. Its objects (the ground truth of hallucination
-    metrics) go to ``meta_path(out)``. Refuses a non-empty ``out`` or an existing metadata
+    metrics) go to ``objects_path(out)``. Refuses a non-empty ``out`` or an existing metadata
     file; ``out`` appears only when complete.
     """
     import csv
@@ -564,7 +570,7 @@ def make_caption_scenes(
     if style not in CAPTION_STYLES:
         raise ValueError(f"unknown caption style {style!r}: use one of {', '.join(CAPTION_STYLES)}")
     out = Path(out)
-    meta = meta_path(out)
+    meta = objects_path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} exists and is not empty: choose a new folder")
     if meta.exists():
@@ -590,7 +596,7 @@ def make_caption_scenes(
                     else scene.captions
                 )
                 writer.writerows([name, caption] for caption in captions)
-                record = {**scene.meta(f"Images/{name}"), "captions": list(captions)}
+                record = {**scene.meta(name), "captions": list(captions)}
                 lines.append(json.dumps(record, sort_keys=True))
         if out.exists():
             out.rmdir()
