@@ -210,3 +210,27 @@ def test_resume_is_exact_with_the_cache(shapes_dir: Path, tmp_path: Path) -> Non
     assert sorted(a) == [0, 1] and a.keys() == b.keys()
     for e in a:
         assert a[e] == pytest.approx(b[e], abs=1e-6)
+
+
+def test_per_sample_seeding_uses_only_the_cpu_generator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.manual_seed also queues lazy CUDA/XPU/MTIA seeding with a captured stack trace on
+    a GPU build of torch without a GPU: per sample that cost as much as the training step."""
+    from pixtell.data.sampling import SeededDataset
+
+    class Draw(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 3
+
+        def __getitem__(self, i: int) -> torch.Tensor:
+            return torch.rand(4)
+
+    def refuse(seed: int) -> None:
+        raise AssertionError("per-sample seeding went through torch.manual_seed")
+
+    before = torch.get_rng_state()
+    monkeypatch.setattr(torch, "manual_seed", refuse)
+    ds = SeededDataset(Draw())
+    got = ds[(1, 1234)]
+    assert torch.equal(got, torch.rand(4, generator=torch.Generator().manual_seed(1234)))
+    assert torch.equal(ds[(2, 1234)], got)  # the seed alone decides the draws
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's stream is untouched

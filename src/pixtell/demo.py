@@ -19,7 +19,7 @@ TASKS = ("classify", "detect", "caption", "guided")
 # about four minutes there.
 CAPTION_SCENES = 8000
 CAPTION_TRAIN: dict[str, Any] = {
-    "epochs": 30,
+    "epochs": 26,
     "lr": 1e-2,
     "batch_size": 128,  # per image, a CPU step of 128 costs a fraction of four steps of 32
     "dropout": 0.1,

@@ -81,7 +81,10 @@ class SeededDataset(Dataset):
             return self.base[key]
         i, seed = key
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            # The CPU generator only (what CPU-side transforms draw from): torch.manual_seed
+            # would also queue a lazy CUDA/XPU/MTIA seeding with a captured stack trace on a
+            # GPU build without a GPU, ~1 ms per sample and a queue that grows all training.
+            torch.default_generator.manual_seed(seed)
             return self.base[i]
 
 
