@@ -244,3 +244,35 @@ def test_fine_tune_one_epoch_and_reload_for_predict(
         load_model(run)
     report = (res.dir / "report.html").read_text(encoding="utf-8")
     assert "small_cnn" not in report  # the unused encoder setting is not shown for BLIP
+
+
+def test_cli_predict_blip_guided_by_a_classifier(tiny_blip: Path, tmp_path: Path) -> None:
+    """--model blip --guide: the classifier's label becomes BLIP's prefix when it is sure."""
+    from pixtell import classify
+    from pixtell.data.demo import make_classification_folder
+
+    shapes = make_classification_folder(tmp_path / "shapes", n_per_class=6, img_size=32)
+    clf = classify.train(
+        shapes,
+        model="tinyvgg_a",
+        img_size=32,
+        epochs=1,
+        out=tmp_path,
+        name="clf",
+        progress=False,
+        logger=["none"],
+    )
+    image = sorted((shapes / "circle").iterdir())[0]
+    out = tmp_path / "guided"
+    res = runner.invoke(
+        app,
+        f"caption predict --model blip --blip {tiny_blip} {image} --guide {clf.dir} "
+        f"--tau 0 --beam-size 2 --n-best 2 --json --out {out}".split(),
+    )
+    assert res.exit_code == 0, res.output
+    row = json.loads(next(line for line in res.stdout.splitlines() if line.startswith("{")))
+    assert row["label"] in classify.Classifier.from_run(clf).classes
+    assert row["reason"] in ("agrees", "n_best", "guided", "template")  # tau 0: always sure
+    if row["reason"] == "guided":
+        assert row["caption"].startswith(f"a photo of a {row['label']}")
+    assert (out / "decisions.jsonl").is_file()

@@ -743,7 +743,7 @@ SynonymsOpt = Annotated[
 
 
 def _guided_predict(
-    run: Path,
+    run: Path | str,
     paths: list[Path],
     guide: Path,
     *,
@@ -753,16 +753,25 @@ def _guided_predict(
     synonyms: Path | None,
     out: Path | None,
     as_json: bool,
+    pretrained_blip: bool = False,
 ) -> None:
-    """``caption predict --guide``: filtered captions, with label, probability and reason."""
+    """``caption predict --guide``: filtered captions, with label, probability and reason.
+    ``run`` is a caption run (pixtell's or a fine-tuned BLIP), or with ``pretrained_blip`` a
+    BLIP checkpoint name or folder."""
     from pixtell.guided import DECISIONS_FILE, guided_captions
     from pixtell.runs import Run
 
     with _friendly_errors():
-        folder = out or Run.load(run).dir / "guided"
+        if pretrained_blip:  # --model blip --blip NAME: guided by a label prefix
+            from pixtell.caption.blip import BlipCaptioner
+
+            folder = out or Path("runs/caption/blip-guided")
+            captioner: Any = BlipCaptioner.from_pretrained(str(run))
+        else:
+            folder, captioner = out or Run.load(Path(run)).dir / "guided", run
         res = guided_captions(
             paths,
-            run,
+            captioner,
             guide,
             tau=tau,
             beam_size=beam_size,
@@ -863,8 +872,15 @@ def caption_predict(
 
     with _friendly_errors():
         source = _blip_source(run, model, blip)
-    if source is not None and guide is None:
+    if source is not None:
         paths = ([] if source == run or run is None else [run]) + list(images or [])
+    if source is not None and guide is not None:
+        kw = dict(tau=tau, beam_size=beam_size, n_best=n_best, synonyms=synonyms, out=out)
+        pretrained = source != run  # --blip NAME rather than a fine-tuned BLIP run
+        return _guided_predict(
+            source, paths, guide, as_json=as_json, pretrained_blip=pretrained, **kw
+        )
+    if source is not None:
         given = ctx.get_parameter_source("n_best")  # BLIP lists one caption unless asked
         n = n_best if given is not None and given.name != "DEFAULT" else 1
         kw = dict(beam_size=max(beam_size, n), prefix=prefix, n_best=n, max_pixels=max_pixels)
