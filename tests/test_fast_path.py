@@ -234,3 +234,20 @@ def test_per_sample_seeding_uses_only_the_cpu_generator(monkeypatch: pytest.Monk
     assert torch.equal(got, torch.rand(4, generator=torch.Generator().manual_seed(1234)))
     assert torch.equal(ds[(2, 1234)], got)  # the seed alone decides the draws
     assert torch.equal(torch.get_rng_state(), before)  # the caller's stream is untouched
+
+
+def test_cached_augmentation_in_workers_equals_on_the_training_device(
+    shapes_dir: Path, tmp_path: Path
+) -> None:
+    """On the CPU a worker runs the batched augmentation (collate); with no worker it runs in
+    on_after_batch_transfer. Per-sample seeds make both give the same training."""
+    settings = {**FAST, "cache": "ram", "epochs": 2}
+    runs = [
+        classify.train(shapes_dir, out=tmp_path, name=f"w{n}", **{**settings, "num_workers": n})
+        for n in (0, 1)
+    ]
+    metrics = []
+    for run in runs:
+        with open(run.dir / "metrics.csv", newline="") as f:
+            metrics.append([float(r["val_loss"]) for r in csv.DictReader(f) if r.get("val_loss")])
+    assert len(metrics[0]) == 2 and metrics[0] == pytest.approx(metrics[1], abs=1e-6)

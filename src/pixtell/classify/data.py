@@ -9,7 +9,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from pixtell.data.decoded import BatchAugment, DecodedDataset, DecodedImages
 from pixtell.data.folders import Sample
@@ -62,6 +62,21 @@ class ClipFeatureDataset(Dataset):
         return ((x, self.features[i]), *rest)
 
 
+class AugmentingCollate:
+    """Collate cached uint8 samples and run the batched training augmentation there, i.e. in
+    the DataLoader workers: training on the CPU, it then runs on a core the step does not use
+    (on a GPU it runs on the device instead, in ``on_after_batch_transfer``)."""
+
+    def __init__(self, augment: BatchAugment) -> None:
+        self.augment = augment
+
+    def __call__(self, items: list) -> list:
+        x, y, seeds = default_collate(items)
+        if isinstance(x, list | tuple):  # (image, CLIP features)
+            return [(self.augment.train(x[0], seeds), x[1]), y]
+        return [self.augment.train(x, seeds), y]
+
+
 def default_workers() -> int:
     """CPUs - 1, at most 4 (one core stays with the training loop)."""
     return max(0, min(4, (os.cpu_count() or 1) - 1))
@@ -111,8 +126,7 @@ class ClassifyDataModule(L.LightningDataModule):
         if cache != "none" and batch_augment is None:
             raise ValueError(f"cache={cache!r} needs a batch_augment")
         self._decoded: dict[str, DecodedImages] = {}
-        if cache != "none" and num_workers is None:
-            self.num_workers = 0  # no decoding left to spread; augmentation runs per batch
+        self._workers_given = num_workers is not None
 
     def decoded(self, split: str) -> DecodedImages:
         """The decoded images of ``split`` (made on first use; skipped files reported)."""
@@ -144,7 +158,19 @@ class ClassifyDataModule(L.LightningDataModule):
         x, y = batch
         return self.batch_augment.eval(x), y
 
+    def _on_cpu(self) -> bool:
+        trainer = getattr(self, "trainer", None)
+        return trainer is None or trainer.strategy.root_device.type == "cpu"
+
+    def _workers(self) -> int:
+        # Cached images need no decoding: on a GPU the augmentation runs on the device and
+        # workers would only copy; on the CPU they run the augmentation beside the step.
+        if self.cache != "none" and not self._workers_given and not self._on_cpu():
+            return 0
+        return self.num_workers
+
     def _loader(self, split: str, train: bool) -> DataLoader:
+        workers = self._workers()
         if self.cache != "none":
             labels = [s.label for s in self.splits[split]]
             ds: Dataset = DecodedDataset(self.decoded(split), labels, with_seed=train)
@@ -161,10 +187,7 @@ class ClassifyDataModule(L.LightningDataModule):
             ds = ClipFeatureDataset(base, labels, self.clip_features[split])
         if not train:
             return DataLoader(
-                ds,
-                batch_size=self.batch_size,
-                num_workers=self.num_workers,
-                persistent_workers=self.num_workers > 0,
+                ds, batch_size=self.batch_size, num_workers=workers, persistent_workers=workers > 0
             )
         weights = None
         if self.balanced_sampler:
@@ -172,13 +195,16 @@ class ClassifyDataModule(L.LightningDataModule):
             labels = getattr(ds, "labels", None) or [s.label for s in self.splits[split]]
             weights = [w[label] for label in labels]
         # order and augmentations from (seed, epoch, position): exact on resume, any workers
+        in_workers = self.cache != "none" and workers > 0 and self._on_cpu()
+        assert not in_workers or self.batch_augment is not None
         loader = seeded_loader(
             ds,
             seed=self.seed,
             batch_size=self.batch_size,
-            num_workers=self.num_workers,
+            num_workers=workers,
             start_epoch=self.start_epoch,
             weights=weights,
+            collate_fn=AugmentingCollate(self.batch_augment) if in_workers else None,
         )
         # Each new iterator draws a base seed from `generator` (the global RNG when None). With
         # num_workers=0 that happens every epoch after EpochSeed has seeded the global RNG in an
