@@ -37,6 +37,8 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/caption.py
 	$(BIN)/python bench/detect_eval.py
 	$(BIN)/python bench/onnx.py
+	$(BIN)/python bench/train_speed.py   # these two need Debian's dataset-fashion-mnist
+	$(BIN)/python bench/inspect_quality.py
 
 clean:
 	rm -rf $(VENV) runs demo-runs

@@ -179,9 +179,9 @@ def main(argv: list[str] | None = None) -> None:
     for cache in ("ram", "none"):
         rows.append((f"test accuracy, --cache {cache}", f"{acc[cache]:.4f}", ""))
 
-    shapes = make_classification_folder(
-        work / "shapes", n_per_class=60, img_size=64, progress=False
-    )
+    shapes = work / "shapes"
+    if not shapes.is_dir():  # a --work folder of an earlier run keeps its data
+        make_classification_folder(shapes, n_per_class=200, img_size=64, progress=False)
     demo_run = classify.train(
         shapes,
         epochs=args.epochs,
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
         num_workers=args.workers,
         **COMMON,
     )
-    photos = big_demo_jpegs(work / "photos", args.jpegs)
+    photos = big_demo_jpegs(work / f"photos-{args.jpegs}", args.jpegs)
     paths = [p for p, _ in photos]
     clf = Classifier.from_run(demo_run, device="cpu")
     scaled_ips, scaled = time_predict(clf, paths, scaled=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,12 @@ FAST = dict(
     progress=False,
     lr=3e-3,
 )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Feature and decoded-image caches of the tests stay out of the user's ~/.cache."""
+    os.environ.setdefault("PIXTELL_CACHE", str(tmp_path_factory.mktemp("pixtell-cache")))
 
 
 @pytest.fixture(scope="session")

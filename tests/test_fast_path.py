@@ -251,3 +251,30 @@ def test_cached_augmentation_in_workers_equals_on_the_training_device(
         with open(run.dir / "metrics.csv", newline="") as f:
             metrics.append([float(r["val_loss"]) for r in csv.DictReader(f) if r.get("val_loss")])
     assert len(metrics[0]) == 2 and metrics[0] == pytest.approx(metrics[1], abs=1e-6)
+
+
+def test_evaluate_and_predict_reuse_a_decoded_copy_with_the_same_predictions(
+    shapes_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run trained with --cache: evaluation and prediction read the images decoded once on
+    disk (the exact pixels of the evaluation transform) and give the PIL path's output."""
+    monkeypatch.setenv("PIXTELL_CACHE", str(tmp_path / "cache"))
+    run = classify.train(shapes_dir, epochs=1, out=tmp_path, cache="ram", **FAST)
+    clf = classify.Classifier.from_run(run)
+    paths = sorted(shapes_dir.rglob("*.png"))[:20] + [tmp_path / "missing.png"]
+    direct = dict(clf.iter_probs(paths, cache="none"))
+    cached = dict(clf.iter_probs(paths, cache="auto"))
+    files = list((tmp_path / "cache" / "decoded").glob("*.npy"))
+    assert len(files) == 1  # made on the first call ...
+    stamp = files[0].stat().st_mtime_ns
+    again = dict(clf.iter_probs(paths, cache="auto"))
+    assert files[0].stat().st_mtime_ns == stamp  # ... and met again
+    assert isinstance(cached[20], str) and isinstance(direct[20], str)  # the missing file
+    for i in range(20):
+        assert torch.allclose(cached[i], direct[i], atol=1e-6)
+        assert torch.equal(again[i], cached[i])
+    res = classify.evaluate(run, out=tmp_path / "eval")
+    assert len(list((tmp_path / "cache" / "decoded").glob("*.npy"))) == 2  # the test split
+    labels = [p.label for p in classify.predict(run, paths[:20])]
+    assert labels == [clf.classes[int(direct[i].argmax())] for i in range(20)]
+    assert res.metrics["n"] > 0

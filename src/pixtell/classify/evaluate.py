@@ -109,7 +109,11 @@ def evaluate(
     probs = np.zeros((len(samples), len(clf.classes)))
     failed: dict[int, str] = {}
     for i, p in clf.iter_probs(
-        [s.path for s in samples], tta=tta, batch_size=batch_size, num_workers=num_workers
+        [s.path for s in samples],
+        tta=tta,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        cache=run.config.get("cache", "none"),  # the run's --cache: decoded once, on disk
     ):
         if isinstance(p, str):
             failed[i] = p

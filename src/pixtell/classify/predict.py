@@ -59,9 +59,9 @@ def predict(
 ) -> list[Prediction]:
     """Top-k predictions per image (files or folders); unreadable files carry ``error``."""
     clf = _load(run, backend, max_pixels)
-    return clf.predict(
-        image_paths(images, recursive=recursive), topk=topk, tta=tta, batch_size=batch_size
-    )
+    cache = Run.load(run).config.get("cache", "none")  # the run's --cache: decoded once, on disk
+    paths = image_paths(images, recursive=recursive)
+    return clf.predict(paths, topk=topk, tta=tta, batch_size=batch_size, cache=cache)
 
 
 def sort(

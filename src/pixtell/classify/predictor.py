@@ -12,6 +12,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from pixtell.data.decoded import DecodedImages, resolve_cache_mode
 from pixtell.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, decode_min_size, load_image
 from pixtell.data.transforms import build_eval_transform, build_full_image_transform
 from pixtell.models import load_model
@@ -167,8 +168,20 @@ class Classifier:
         tta: str = "none",
         batch_size: int = 32,
         num_workers: int = 0,
+        cache: str = "none",
     ) -> Iterator[tuple[int, torch.Tensor | str]]:
-        """(index, probabilities) per image in order, or (index, reason) for unreadable ones."""
+        """(index, probabilities) per image in order, or (index, reason) for unreadable ones.
+
+        ``cache`` (a run's ``--cache``; not with TTA or CLIP features): small images are read
+        from a decoded copy on disk keyed by their content (``DecodedImages``, the exact
+        pixels of the evaluation transform), made on the first call and reused by the next
+        one that meets the same files.
+        """
+        size = int(self.meta["img_size"])
+        mode = resolve_cache_mode(cache, len(paths), size, augment="none")
+        if mode != "none" and tta == "none" and self.clip is None:
+            yield from self._iter_decoded(paths, size, batch_size)
+            return
         loader = DataLoader(
             _Files(paths, self.view_transform(tta), self.max_pixels, self.min_size),
             batch_size=1 if tta == "dense" else batch_size,
@@ -186,8 +199,29 @@ class Classifier:
             for i, v in batch:
                 yield i, (v if isinstance(v, str) else by_index[i])
 
+    def _iter_decoded(
+        self, paths: Sequence[Path], size: int, batch_size: int
+    ) -> Iterator[tuple[int, torch.Tensor | str]]:
+        images = DecodedImages(paths, size, mode="disk", max_pixels=self.max_pixels)
+        bad = {str(p): reason for p, reason in images.problems}
+        mean = torch.tensor(self.meta["mean"]).view(3, 1, 1)
+        std = torch.tensor(self.meta["std"]).view(3, 1, 1)
+        for start in range(0, len(paths), batch_size):
+            rows = range(start, min(start + batch_size, len(paths)))
+            good = [i for i in rows if images.ok[i]]
+            views = [[(images.tensor(i).float() / 255 - mean) / std] for i in good]
+            probs = dict(zip(good, self.probs_for_views(views), strict=True)) if good else {}
+            for i in rows:
+                yield i, probs[i] if i in probs else bad.get(str(paths[i]), "unreadable image")
+
     def predict(
-        self, paths: Sequence[str | Path], *, topk: int = 5, tta: str = "none", batch_size: int = 32
+        self,
+        paths: Sequence[str | Path],
+        *,
+        topk: int = 5,
+        tta: str = "none",
+        batch_size: int = 32,
+        cache: str = "none",
     ) -> list[Prediction]:
         """Top-k predictions for each path; unreadable files get ``error`` instead."""
         if topk < 1:
@@ -195,7 +229,7 @@ class Classifier:
         paths = [Path(p) for p in paths]
         k = min(topk, len(self.classes))
         out: list[Prediction] = []
-        for i, p in self.iter_probs(paths, tta=tta, batch_size=batch_size):
+        for i, p in self.iter_probs(paths, tta=tta, batch_size=batch_size, cache=cache):
             if isinstance(p, str):
                 out.append(Prediction(paths[i], [], p))
             else:
