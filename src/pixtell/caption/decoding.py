@@ -74,6 +74,37 @@ def _normalise(logprob: float, length: int, alpha: float) -> float:
     return logprob / max(length, 1) ** alpha
 
 
+def _extend(
+    alpha_hist: torch.Tensor | None, alpha: torch.Tensor, src: torch.Tensor
+) -> torch.Tensor:
+    """Each kept beam's attention history (taken from its source beam) plus this step's."""
+    step = alpha[src][:, None]
+    return step if alpha_hist is None else torch.cat([alpha_hist[src], step], dim=1)
+
+
+def _finish(
+    done: list[list[Hypothesis]],
+    image: list[int],
+    close: torch.Tensor,
+    ends: torch.Tensor,
+    history: torch.Tensor,
+    top_lp: torch.Tensor,
+    alpha_hist: torch.Tensor | None,
+    t: int,
+    length_penalty: float,
+) -> None:
+    """Record the beams that close at step ``t`` (ended with ``<end>``, or cut at max_len)."""
+    K = close.shape[1]
+    for b, r in close.nonzero().tolist():
+        row, fin = b * K + r, bool(ends[b, r])
+        words = history[row, : t + (0 if fin else 1)].tolist()
+        lp = float(top_lp[b, r])
+        att = alpha_hist[row, : len(words)] if alpha_hist is not None else None
+        done[image[b]].append(
+            Hypothesis(words, lp, _normalise(lp, t + 1, length_penalty), fin, att)
+        )
+
+
 @torch.no_grad()
 def greedy(
     model: nn.Module,
@@ -170,20 +201,8 @@ def beam_search(
         close = ends | valid if t == max_len - 1 else ends
         history = torch.cat([history[src], new_tok.view(-1, 1)], dim=1)
         if return_alphas and alpha is not None:
-            step_alpha = alpha[src][:, None]
-            alpha_hist = (
-                step_alpha
-                if alpha_hist is None
-                else torch.cat([alpha_hist[src], step_alpha], dim=1)
-            )
-        for b, r in close.nonzero().tolist():
-            row, fin = b * K + r, bool(ends[b, r])
-            words = history[row, : t + (0 if fin else 1)].tolist()
-            lp = float(top_lp[b, r])
-            att = alpha_hist[row, : len(words)] if alpha_hist is not None else None
-            done[image[b]].append(
-                Hypothesis(words, lp, _normalise(lp, t + 1, length_penalty), fin, att)
-            )
+            alpha_hist = _extend(alpha_hist, alpha, src)
+        _finish(done, image, close, ends, history, top_lp, alpha_hist, t, length_penalty)
         live = valid & ~ends
         if not live.any():
             break
@@ -543,20 +562,8 @@ def constrained_beam_search(
         close = ends | valid if t == max_len - 1 else ends
         history = torch.cat([history[src], new_tok.view(-1, 1)], dim=1)
         if return_alphas and alpha is not None:
-            step_alpha = alpha[src][:, None]
-            alpha_hist = (
-                step_alpha
-                if alpha_hist is None
-                else torch.cat([alpha_hist[src], step_alpha], dim=1)
-            )
-        for b, r in close.nonzero().tolist():
-            row, fin = b * K + r, bool(ends[b, r])
-            seq = history[row, : t + (0 if fin else 1)].tolist()
-            lp = float(top_lp[b, r])
-            att = alpha_hist[row, : len(seq)] if alpha_hist is not None else None
-            done[image[b]].append(
-                Hypothesis(seq, lp, _normalise(lp, t + 1, length_penalty), fin, att)
-            )
+            alpha_hist = _extend(alpha_hist, alpha, src)
+        _finish(done, image, close, ends, history, top_lp, alpha_hist, t, length_penalty)
         live = valid & ~ends
         if not live.any():
             break

@@ -179,8 +179,8 @@ class ClassifyRecipe(engine.Recipe):
         if augment == "auto":
             augment = "multiscale" if img_size < 96 else "rrc"
         jitter = (cfg.scale_min, max(cfg.scale_min, cfg.scale_max))
-        train_tf = build_train_transform(
-            img_size,
+        # the PIL transform and its batched twin (--cache) take the same settings
+        aug: dict[str, Any] = dict(
             mean=spec.mean,
             std=spec.std,
             augment=augment,
@@ -188,20 +188,11 @@ class ClassifyRecipe(engine.Recipe):
             hflip=cfg.hflip,
             color_jitter=cfg.color_jitter,
         )
+        train_tf = build_train_transform(img_size, **aug)
         n_images = sum(len(v) for v in data.splits.values())
         size = storage_size(img_size, augment, jitter)
         cache = resolve_cache_mode(cfg.cache, n_images, size, augment=augment)
-        batch_augment = None
-        if cache != "none":
-            batch_augment = BatchAugment(
-                img_size,
-                mean=spec.mean,
-                std=spec.std,
-                augment=augment,
-                scale_jitter=jitter,
-                hflip=cfg.hflip,
-                color_jitter=cfg.color_jitter,
-            )
+        batch_augment = BatchAugment(img_size, **aug) if cache != "none" else None
         return ClassifyDataModule(
             data.splits,
             len(data.classes),
