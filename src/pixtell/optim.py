@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -184,3 +185,24 @@ def optimizer_config(
     patience = max(1, int(hp["patience"]) // 2) if "patience" in hp else 3  # type: ignore[arg-type]
     sched = build_scheduler(optimizer, schedule, monitor=monitor, mode=mode, patience=patience)
     return {"optimizer": optimizer, "lr_scheduler": sched}
+
+
+class ClipGradNorm:
+    """LightningModule mixin: clip the gradient norm to ``hparams.grad_clip`` (0: off), so no
+    Trainer flag is needed; a Trainer ``gradient_clip_val`` overrides it."""
+
+    hparams: Any
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        value = gradient_clip_val if gradient_clip_val is not None else self.hparams.grad_clip
+        if value:
+            self.clip_gradients(  # type: ignore[attr-defined]
+                optimizer,
+                gradient_clip_val=value,
+                gradient_clip_algorithm=gradient_clip_algorithm or "norm",
+            )

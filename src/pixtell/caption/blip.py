@@ -43,7 +43,7 @@ from pixtell.data.folders import list_images
 from pixtell.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 from pixtell.models.io import META_FILE, WEIGHTS_FILE
 from pixtell.models.registry import WeightsUnavailableError
-from pixtell.optim import build_optimizer, optimizer_config, param_groups
+from pixtell.optim import ClipGradNorm, build_optimizer, optimizer_config, param_groups
 from pixtell.runs import Run, new_run_dir, run_dir_holding
 
 DEFAULT_BLIP = "Salesforce/blip-image-captioning-base"
@@ -572,7 +572,7 @@ class BlipTokens:
         return len(self.tokenizer)
 
 
-class BlipModule(L.LightningModule):
+class BlipModule(ClipGradNorm, L.LightningModule):
     """Fine-tunes a ``BlipForConditionalGeneration`` (``self.net``) on (image, caption) pairs.
 
     Teacher-forced cross-entropy of the text decoder (transformers' own loss) on one caption
@@ -697,20 +697,6 @@ class BlipModule(L.LightningModule):
         scores = score({i: self.val_references[i] for i in candidates}, candidates, meteor=False)
         self.log("val_bleu4", scores["Bleu_4"], prog_bar=True, rank_zero_only=True)
         self.log("val_cider", scores["CIDEr"], rank_zero_only=True)
-
-    def configure_gradient_clipping(
-        self,
-        optimizer: torch.optim.Optimizer,
-        gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str | None = None,
-    ) -> None:
-        value = gradient_clip_val if gradient_clip_val is not None else self.hparams.grad_clip
-        if value:
-            self.clip_gradients(
-                optimizer,
-                gradient_clip_val=value,
-                gradient_clip_algorithm=gradient_clip_algorithm or "norm",
-            )
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams

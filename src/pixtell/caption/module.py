@@ -31,10 +31,10 @@ from torchmetrics.text import Perplexity
 from pixtell.caption.decoding import Hypothesis, beam_search, greedy
 from pixtell.caption.vocab import END, PAD, START, UNK, Vocabulary
 from pixtell.models import create
-from pixtell.optim import build_optimizer, optimizer_config, param_groups
+from pixtell.optim import ClipGradNorm, build_optimizer, optimizer_config, param_groups
 
 
-class CaptionModule(L.LightningModule):
+class CaptionModule(ClipGradNorm, L.LightningModule):
     """Wraps a ``caption`` registry model (``self.net``) built for the vocabulary ``vocab``.
 
     The encoder is frozen (its BatchNorm kept in eval mode) unless
@@ -302,20 +302,6 @@ class CaptionModule(L.LightningModule):
         return [self.vocab.decode(h.tokens) for h in self.generate(inputs)]
 
     # -- optimisation -----------------------------------------------------------------------
-    def configure_gradient_clipping(
-        self,
-        optimizer: torch.optim.Optimizer,
-        gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str | None = None,
-    ) -> None:
-        value = gradient_clip_val if gradient_clip_val is not None else self.hparams.grad_clip
-        if value:
-            self.clip_gradients(
-                optimizer,
-                gradient_clip_val=value,
-                gradient_clip_algorithm=gradient_clip_algorithm or "norm",
-            )
-
     def configure_optimizers(self) -> dict:
         hp = self.hparams
         decoder = nn.ModuleList(m for n, m in self.net.named_children() if n != "encoder")
