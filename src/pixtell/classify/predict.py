@@ -46,6 +46,15 @@ def _load(run: str | Path | Run, backend: str, max_pixels: int | None) -> Classi
     return load_classifier(run, backend, max_pixels=max_pixels)
 
 
+def _run_cache(run: str | Path | Run) -> str:
+    """The run's ``--cache`` (small images then decoded once, on disk); "none" for a model
+    folder without a run's settings (e.g. an exported copy)."""
+    try:
+        return str(Run.load(run).config.get("cache", "none"))
+    except (FileNotFoundError, ValueError):
+        return "none"
+
+
 def predict(
     run: str | Path | Run,
     images: str | Path | Sequence[str | Path],
@@ -59,8 +68,8 @@ def predict(
 ) -> list[Prediction]:
     """Top-k predictions per image (files or folders); unreadable files carry ``error``."""
     clf = _load(run, backend, max_pixels)
-    cache = Run.load(run).config.get("cache", "none")  # the run's --cache: decoded once, on disk
     paths = image_paths(images, recursive=recursive)
+    cache = _run_cache(run) if backend == "torch" else "none"
     return clf.predict(paths, topk=topk, tta=tta, batch_size=batch_size, cache=cache)
 
 
