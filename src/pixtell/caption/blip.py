@@ -37,6 +37,7 @@ from pixtell.caption.data import (
     split_captions,
     write_split,
 )
+from pixtell.caption.module import DecodedValidation
 from pixtell.caption.train import CaptionData, CaptionRecipe
 from pixtell.config import CaptionTrainConfig, read_settings_file
 from pixtell.data.folders import list_images
@@ -572,7 +573,7 @@ class BlipTokens:
         return len(self.tokenizer)
 
 
-class BlipModule(ClipGradNorm, L.LightningModule):
+class BlipModule(ClipGradNorm, DecodedValidation, L.LightningModule):
     """Fine-tunes a ``BlipForConditionalGeneration`` (``self.net``) on (image, caption) pairs.
 
     Teacher-forced cross-entropy of the text decoder (transformers' own loss) on one caption
@@ -646,12 +647,6 @@ class BlipModule(ClipGradNorm, L.LightningModule):
         self.log("train_loss", out.loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
         return out.loss
 
-    def on_validation_epoch_start(self) -> None:
-        self._candidates = {}
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is not None and hasattr(dm, "references"):
-            self.val_references = dm.references("val")
-
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         pixels, index = batch
         hp = self.hparams
@@ -682,21 +677,6 @@ class BlipModule(ClipGradNorm, L.LightningModule):
         )
         for i, caps in zip(index.tolist(), nbest, strict=True):
             self._candidates[int(i)] = caps[0][0]
-
-    def on_validation_epoch_end(self) -> None:
-        candidates = self._candidates
-        dist = torch.distributed
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            parts: list[dict[int, str] | None] = [None] * dist.get_world_size()
-            dist.all_gather_object(parts, candidates)
-            candidates = {k: v for p in parts if p for k, v in p.items()}
-        if not candidates or self.val_references is None or self.trainer.sanity_checking:
-            return
-        from pixtell.metrics.caption import score
-
-        scores = score({i: self.val_references[i] for i in candidates}, candidates, meteor=False)
-        self.log("val_bleu4", scores["Bleu_4"], prog_bar=True, rank_zero_only=True)
-        self.log("val_cider", scores["CIDEr"], rank_zero_only=True)
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams

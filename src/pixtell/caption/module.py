@@ -34,7 +34,49 @@ from pixtell.models import create
 from pixtell.optim import ClipGradNorm, build_optimizer, optimizer_config, param_groups
 
 
-class CaptionModule(ClipGradNorm, L.LightningModule):
+class DecodedValidation:
+    """LightningModule mixin: validation BLEU-4 / CIDEr of really decoded captions.
+
+    ``validation_step`` stores each image's caption in ``self._candidates[index]``; at the
+    epoch's end the captions of every rank (DDP splits the validation images) are scored
+    against all references of ``val_references`` (the DataModule's, read at its start).
+    """
+
+    val_references: list[list[str]] | None
+    _candidates: dict[int, str]
+    trainer: Any  # annotations only: the LightningModule provides these
+    _trainer: Any
+    log: Any
+
+    def on_validation_epoch_start(self) -> None:
+        self._candidates = {}
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "references"):
+            self.val_references = dm.references("val")
+
+    def on_validation_epoch_end(self) -> None:
+        candidates = _gather(self._candidates)
+        if not candidates or self.val_references is None or self.trainer.sanity_checking:
+            return
+        from pixtell.metrics.caption import score
+
+        refs = {i: self.val_references[i] for i in candidates}
+        scores = score(refs, candidates, meteor=False)
+        self.log("val_bleu4", scores["Bleu_4"], prog_bar=True, rank_zero_only=True)
+        self.log("val_cider", scores["CIDEr"], rank_zero_only=True)
+
+
+def _gather(candidates: dict[int, str]) -> dict[int, str]:
+    """All ranks' decoded captions (DDP splits the validation images)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return candidates
+    parts: list[dict[int, str] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, candidates)
+    return {k: v for p in parts if p for k, v in p.items()}
+
+
+class CaptionModule(ClipGradNorm, DecodedValidation, L.LightningModule):
     """Wraps a ``caption`` registry model (``self.net``) built for the vocabulary ``vocab``.
 
     The encoder is frozen (its BatchNorm kept in eval mode) unless
@@ -193,12 +235,6 @@ class CaptionModule(ClipGradNorm, L.LightningModule):
         return hp.reinforce_weight * reinforce - hp.entropy_weight * entropy
 
     # -- validation -------------------------------------------------------------------------
-    def on_validation_epoch_start(self) -> None:
-        self._candidates = {}
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is not None and hasattr(dm, "references"):
-            self.val_references = dm.references("val")
-
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if len(batch) == 3:
             inputs, captions, lengths = batch
@@ -244,26 +280,6 @@ class CaptionModule(ClipGradNorm, L.LightningModule):
         lengths = torch.tensor([len(x) for x in ids], dtype=torch.long, device=self.device)
         captions = pad_sequence(ids, batch_first=True, padding_value=PAD).to(self.device)
         return torch.tensor(rows, dtype=torch.long), captions, lengths
-
-    def on_validation_epoch_end(self) -> None:
-        candidates = self._gather(self._candidates)
-        if not candidates or self.val_references is None or self.trainer.sanity_checking:
-            return
-        from pixtell.metrics.caption import score
-
-        refs = {i: self.val_references[i] for i in candidates}
-        scores = score(refs, candidates, meteor=False)
-        self.log("val_bleu4", scores["Bleu_4"], prog_bar=True, rank_zero_only=True)
-        self.log("val_cider", scores["CIDEr"], rank_zero_only=True)
-
-    def _gather(self, candidates: dict[int, str]) -> dict[int, str]:
-        """All ranks' decoded captions (DDP splits the validation images)."""
-        dist = torch.distributed
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return candidates
-        parts: list[dict[int, str] | None] = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, candidates)
-        return {k: v for p in parts if p for k, v in p.items()}
 
     # -- decoding ---------------------------------------------------------------------------
     @torch.no_grad()
