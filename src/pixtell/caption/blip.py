@@ -761,22 +761,7 @@ class BlipRecipe(CaptionRecipe):
             model, processor = load_blip(cfg.blip)
         self._processor = processor
         self._module = BlipModule(  # type: ignore[assignment]
-            model,
-            processor,
-            optimizer=cfg.optimizer,
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            momentum=cfg.momentum,
-            scheduler=cfg.scheduler,
-            warmup_epochs=cfg.warmup_epochs,
-            step_size=cfg.step_size,
-            gamma=cfg.gamma,
-            epochs=cfg.epochs,
-            fine_tune_encoder_after=cfg.fine_tune_encoder_after,
-            encoder_lr=cfg.encoder_lr,
-            grad_clip=cfg.grad_clip,
-            beam_size=cfg.beam_size,
-            max_len=cfg.max_len,
+            model, processor, **self.shared_hparams(BlipModule, cfg, exclude={"model"})
         )
         return self._module  # type: ignore[return-value]
 

@@ -135,31 +135,18 @@ class CaptionRecipe(engine.Recipe):
         kw = model_kwargs(cfg)
         if cfg.weights:
             kw["encoder_weights"] = str(cfg.weights)
+        # settings passed as they are; the ones below are derived from several settings
+        derived = {"model", "pretrained", "weights", "fine_tune_encoder_after", "encoder_lr"}
         self._module = CaptionModule(
             data.vocab.itos,
             cfg.model,
             model=kw,
             pretrained=encoder_pretrained(cfg),
             from_features=self._from_features(cfg),
-            optimizer=cfg.optimizer,
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            momentum=cfg.momentum,
-            scheduler=cfg.scheduler,
-            warmup_epochs=cfg.warmup_epochs,
-            step_size=cfg.step_size,
-            gamma=cfg.gamma,
-            epochs=cfg.epochs,
             fine_tune_encoder_after=fine_tune_after(cfg),
             encoder_lr=cfg.encoder_lr or (cfg.lr / 10 if encoder_pretrained(cfg) else cfg.lr),
-            attention_reg=cfg.attention_reg,
-            word_loss=cfg.word_loss,
-            reinforce_weight=cfg.reinforce_weight,
-            entropy_weight=cfg.entropy_weight,
-            grad_clip=cfg.grad_clip,
             decode="greedy" if cfg.beam_size == 1 else "beam",
-            beam_size=cfg.beam_size,
-            max_len=cfg.max_len,
+            **self.shared_hparams(CaptionModule, cfg, exclude=derived),
         )
         return self._module
 
